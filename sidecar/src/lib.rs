@@ -1,0 +1,102 @@
+//! `shunt-sidecar`: the proxy injected into every pod of an opted-in namespace.
+//!
+//! Dormant until a route exists; then it takes the traffic of the routed app ports
+//! ([`redirect`]), routes each HTTP request to the app or a developer ([`proxy`]) by the
+//! routes in force ([`table`], fed by a [`source`]), and fails open whenever its own
+//! path fails. [`run`] wires it together; `main.rs` only parses the configuration.
+
+pub mod admin;
+pub mod config;
+pub mod metrics;
+pub mod proxy;
+pub mod redirect;
+pub mod source;
+pub mod table;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+
+use config::{Config, RedirectMode};
+use metrics::Metrics;
+use table::Table;
+
+/// Runs the sidecar until SIGTERM or SIGINT, then drains and returns.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let metrics = Metrics::default();
+    let (table_tx, table_rx) = watch::channel(Arc::new(Table::default()));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (live_tx, mut live_rx) = mpsc::channel::<()>(1);
+
+    let admin = Arc::new(admin::Admin {
+        registry: metrics.registry(),
+        ready: false.into(),
+        table: table_rx.clone(),
+    });
+    let admin_listener = admin::bind(SocketAddr::new(config.bind_ip, config.admin_port)).await?;
+    tokio::spawn(admin::serve(admin_listener, admin.clone()));
+
+    let shared = Arc::new(proxy::Shared::new(
+        table_rx,
+        metrics.clone(),
+        config.app_host,
+        &config.app_ports,
+        shutdown_rx.clone(),
+        live_tx,
+    ));
+
+    let redirect = match config.redirect {
+        RedirectMode::Nftables => {
+            let nft = redirect::nft::Nft::new(config.nft.clone(), config.proxy_port, config.lease);
+            // A table left by a previous sidecar would redirect to a dead proxy until
+            // its elements expire: remove it before anything else.
+            if let Err(error) = nft.remove().await {
+                tracing::error!(%error, "cannot remove a stale redirect table; routes will not take effect");
+            }
+            tokio::spawn(redirect::run_nftables(config.clone(), shared.clone(), nft, shutdown_rx.clone()))
+        }
+        RedirectMode::PortTakeover => {
+            let (config, shared, shutdown) = (config.clone(), shared.clone(), shutdown_rx.clone());
+            let task = redirect::run_takeover(config, shared, shutdown);
+            tokio::spawn(async move {
+                if let Err(error) = task.await {
+                    tracing::error!(%error, "port takeover failed");
+                }
+            })
+        }
+    };
+
+    // Without a source the sidecar stays dormant; the sender is kept so the channel stays open.
+    let _dormant = match config.routes_file.clone() {
+        Some(path) => {
+            tokio::spawn(source::watch_file(path, config.app_ports.clone(), metrics.clone(), table_tx));
+            None
+        }
+        None => Some(table_tx),
+    };
+    admin.ready.store(true, Ordering::Relaxed);
+    tracing::info!(mode = ?config.redirect, app.ports = ?config.app_ports, "shunt-sidecar started");
+
+    wait_for_signal().await?;
+    tracing::info!(grace = ?config.drain, "shutting down: redirect off, draining connections");
+    let _ = shutdown_tx.send(true);
+    let _ = redirect.await;
+    drop(shared);
+    if tokio::time::timeout(config.drain, live_rx.recv()).await.is_err() {
+        tracing::warn!("drain grace time over; closing remaining connections");
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

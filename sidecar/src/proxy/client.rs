@@ -1,0 +1,181 @@
+//! Outgoing HTTP connections (to the app and to route upstreams), pooled per destination.
+//!
+//! Built on hyper's connection API rather than a ready-made client because failing open
+//! needs one thing those clients hide: when a request could not be sent (connection
+//! refused, or a pooled connection that turned out dead), the request **with its body
+//! untouched** comes back to the caller ([`SendError::Unsent`]), who then lets the app
+//! serve it. Only a request whose bytes already left is an error for the client.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use super::body::OutBody;
+
+/// How long a connection attempt may take before the destination counts as down.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle HTTP/1.1 connections kept per destination.
+const MAX_IDLE_PER_DEST: usize = 64;
+
+/// Which protocol to speak to a destination: the one the client spoke to us.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Proto {
+    /// HTTP/1.1 (keep-alive, upgrades).
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c).
+    Http2,
+}
+
+/// A failed send.
+#[derive(Debug)]
+pub enum SendError {
+    /// Nothing was sent: the request comes back untouched, with why.
+    Unsent(Box<Request<OutBody>>, String),
+    /// The request was (partly) sent; it is gone.
+    Sent(hyper::Error),
+}
+
+type H1Pool = HashMap<String, Vec<http1::SendRequest<OutBody>>>;
+
+/// A pool of connections to many destinations, shared by all proxy connections.
+#[derive(Clone, Default)]
+pub struct Clients {
+    h1: Arc<Mutex<H1Pool>>,
+    h2: Arc<Mutex<HashMap<String, http2::SendRequest<OutBody>>>>,
+}
+
+impl Clients {
+    /// Sends `req` to `dest` (`host:port`), reusing a pooled connection when one is ready.
+    /// For an HTTP/1.1 upgrade the connection is not returned to the pool.
+    pub async fn send(&self, dest: &str, proto: Proto, req: Request<OutBody>) -> Result<Response<Incoming>, SendError> {
+        match proto {
+            Proto::Http1 => self.send_h1(dest, req).await,
+            Proto::Http2 => self.send_h2(dest, req).await,
+        }
+    }
+
+    async fn send_h1(&self, dest: &str, mut req: Request<OutBody>) -> Result<Response<Incoming>, SendError> {
+        let upgrade = req.headers().contains_key(http::header::UPGRADE);
+        // A pooled connection may have been closed by the peer just now; then the request
+        // comes back unsent and goes out once more on a fresh connection.
+        if let Some(mut sender) = self.idle_h1(dest) {
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    self.park_h1(dest, sender, upgrade);
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(back) => req = back,
+                    None => return Err(SendError::Sent(e.into_error())),
+                },
+            }
+        }
+        let io = match connect(dest).await {
+            Ok(io) => io,
+            Err(why) => return Err(SendError::Unsent(Box::new(req), why)),
+        };
+        let (mut sender, conn) = match http1::Builder::new().handshake(io).await {
+            Ok(pair) => pair,
+            Err(e) => return Err(SendError::Unsent(Box::new(req), e.to_string())),
+        };
+        tokio::spawn(async move {
+            if let Err(error) = conn.with_upgrades().await {
+                tracing::debug!(%error, "upstream HTTP/1.1 connection ended");
+            }
+        });
+        if let Err(e) = sender.ready().await {
+            return Err(SendError::Unsent(Box::new(req), e.to_string()));
+        }
+        match sender.try_send_request(req).await {
+            Ok(resp) => {
+                self.park_h1(dest, sender, upgrade);
+                Ok(resp)
+            }
+            Err(mut e) => match e.take_message() {
+                Some(back) => Err(SendError::Unsent(Box::new(back), e.into_error().to_string())),
+                None => Err(SendError::Sent(e.into_error())),
+            },
+        }
+    }
+
+    fn idle_h1(&self, dest: &str) -> Option<http1::SendRequest<OutBody>> {
+        let mut pool = self.h1.lock().unwrap_or_else(|p| p.into_inner());
+        let idle = pool.get_mut(dest)?;
+        idle.retain(|s| !s.is_closed());
+        let ready = idle.iter().position(|s| s.is_ready())?;
+        Some(idle.swap_remove(ready))
+    }
+
+    /// Keeps the connection for later; it is picked again once its response is read.
+    fn park_h1(&self, dest: &str, sender: http1::SendRequest<OutBody>, upgrade: bool) {
+        if upgrade {
+            return;
+        }
+        let mut pool = self.h1.lock().unwrap_or_else(|p| p.into_inner());
+        let idle = pool.entry(dest.to_owned()).or_default();
+        if idle.len() < MAX_IDLE_PER_DEST {
+            idle.push(sender);
+        }
+    }
+
+    async fn send_h2(&self, dest: &str, req: Request<OutBody>) -> Result<Response<Incoming>, SendError> {
+        let cached = {
+            let pool = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+            pool.get(dest).filter(|s| !s.is_closed()).cloned()
+        };
+        let mut sender = match cached {
+            Some(sender) => sender,
+            None => {
+                let io = match connect(dest).await {
+                    Ok(io) => io,
+                    Err(why) => return Err(SendError::Unsent(Box::new(req), why)),
+                };
+                let (sender, conn) = match http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .keep_alive_interval(Duration::from_secs(20))
+                    .handshake(io)
+                    .await
+                {
+                    Ok(pair) => pair,
+                    Err(e) => return Err(SendError::Unsent(Box::new(req), e.to_string())),
+                };
+                tokio::spawn(async move {
+                    if let Err(error) = conn.await {
+                        tracing::debug!(%error, "upstream HTTP/2 connection ended");
+                    }
+                });
+                let mut pool = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+                pool.insert(dest.to_owned(), sender.clone());
+                sender
+            }
+        };
+        if let Err(e) = sender.ready().await {
+            return Err(SendError::Unsent(Box::new(req), e.to_string()));
+        }
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok(resp),
+            Err(mut e) => match e.take_message() {
+                Some(back) => Err(SendError::Unsent(Box::new(back), e.into_error().to_string())),
+                None => Err(SendError::Sent(e.into_error())),
+            },
+        }
+    }
+}
+
+async fn connect(dest: &str) -> Result<TokioIo<TcpStream>, String> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(dest)).await {
+        Ok(Ok(stream)) => {
+            // Small requests and responses must not wait for Nagle.
+            let _ = stream.set_nodelay(true);
+            Ok(TokioIo::new(stream))
+        }
+        Ok(Err(e)) => Err(format!("connect {dest}: {e}")),
+        Err(_) => Err(format!("connect {dest}: timed out after {CONNECT_TIMEOUT:?}")),
+    }
+}
