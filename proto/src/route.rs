@@ -258,7 +258,8 @@ mod tests {
     }
 
     const ALICE: &str = r#"{"id": "alice", "port": 8080, "mode": "steal", "filter": "x-user: alice", "upstream": "http://10.0.0.1:9000"}"#;
-    const BOB: &str = r#"{"id": "bob", "port": 8080, "mode": "steal", "filter": "x-user: bob", "upstream": "http://10.0.0.2:9000"}"#;
+    const BOB: &str =
+        r#"{"id": "bob", "port": 8080, "mode": "steal", "filter": "x-user: bob", "upstream": "http://10.0.0.2:9000"}"#;
 
     #[test]
     fn accepts_disjoint_steals_and_a_mirror() {

@@ -30,7 +30,9 @@ pub struct Admin {
 /// Serves the admin endpoints on `listener` forever.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let admin = admin.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| answer(admin.clone(), req));
@@ -43,9 +45,12 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
 
 /// Binds the admin port.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on admin address {addr} (SHUNT_ADMIN_PORT): {e}")))
+    TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on admin address {addr} (SHUNT_ADMIN_PORT): {e}"),
+        )
+    })
 }
 
 async fn answer(admin: Arc<Admin>, req: Request<Incoming>) -> Result<Response<OutBody>, Infallible> {
@@ -56,15 +61,28 @@ async fn answer(admin: Arc<Admin>, req: Request<Incoming>) -> Result<Response<Ou
         "/metrics" => {
             let mut out = String::new();
             match prometheus_client::encoding::text::encode(&mut out, &admin.registry) {
-                Ok(()) => (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", out),
-                Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "cannot encode metrics\n".to_owned()),
+                Ok(()) => (
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    out,
+                ),
+                Err(_) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    "cannot encode metrics\n".to_owned(),
+                ),
             }
         }
         "/routes" => (StatusCode::OK, "application/json", admin.table.borrow().set().to_json()),
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found; try /healthz, /readyz, /metrics or /routes\n".to_owned()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found; try /healthz, /readyz, /metrics or /routes\n".to_owned(),
+        ),
     };
     let mut resp = Response::new(text(body));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
     Ok(resp)
 }

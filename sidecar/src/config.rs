@@ -105,9 +105,7 @@ impl Config {
         let redirect = match var("SHUNT_REDIRECT").as_deref().map(str::trim) {
             None | Some("nftables") => RedirectMode::Nftables,
             Some("port-takeover") => RedirectMode::PortTakeover,
-            Some(other) => {
-                return Err(err("SHUNT_REDIRECT", other, "expected nftables or port-takeover"))
-            }
+            Some(other) => return Err(err("SHUNT_REDIRECT", other, "expected nftables or port-takeover")),
         };
         let app_ports = match var("SHUNT_APP_PORTS") {
             Some(text) => port_list("SHUNT_APP_PORTS", &text)?,
@@ -185,7 +183,10 @@ fn parse<T: std::str::FromStr>(var: &'static str, text: &str) -> Result<T, Confi
     text.trim().parse().map_err(|_| ConfigError {
         var,
         value: text.to_owned(),
-        why: format!("not a valid {}", std::any::type_name::<T>().rsplit("::").next().unwrap_or("value")),
+        why: format!(
+            "not a valid {}",
+            std::any::type_name::<T>().rsplit("::").next().unwrap_or("value")
+        ),
     })
 }
 
@@ -252,12 +253,19 @@ mod tests {
     #[test]
     fn errors_name_the_variable_and_the_fix() {
         let missing = config(&[]).unwrap_err().to_string();
-        assert!(missing.contains("SHUNT_APP_PORTS") && missing.contains("required"), "{missing}");
+        assert!(
+            missing.contains("SHUNT_APP_PORTS") && missing.contains("required"),
+            "{missing}"
+        );
         let mode = config(&[("SHUNT_APP_PORTS", "1"), ("SHUNT_REDIRECT", "iptables")]).unwrap_err();
         assert!(mode.to_string().contains("nftables or port-takeover"));
         let port = config(&[("SHUNT_APP_PORTS", "80,x")]).unwrap_err();
         assert!(port.to_string().contains("SHUNT_APP_PORTS=\"x\""), "{port}");
-        let unpaired = config(&[("SHUNT_APP_PORTS", "1,2"), ("SHUNT_REDIRECT", "port-takeover"), ("SHUNT_LISTEN_PORT", "3")]);
+        let unpaired = config(&[
+            ("SHUNT_APP_PORTS", "1,2"),
+            ("SHUNT_REDIRECT", "port-takeover"),
+            ("SHUNT_LISTEN_PORT", "3"),
+        ]);
         assert!(unpaired.unwrap_err().to_string().contains("one listen port per"));
         let clash = config(&[("SHUNT_APP_PORTS", "15080")]).unwrap_err();
         assert!(clash.to_string().contains("SHUNT_PROXY_PORT"));

@@ -55,7 +55,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             if let Err(error) = nft.remove().await {
                 tracing::error!(%error, "cannot remove a stale redirect table; routes will not take effect");
             }
-            tokio::spawn(redirect::run_nftables(config.clone(), shared.clone(), nft, shutdown_rx.clone()))
+            tokio::spawn(redirect::run_nftables(
+                config.clone(),
+                shared.clone(),
+                nft,
+                shutdown_rx.clone(),
+            ))
         }
         RedirectMode::PortTakeover => {
             let (config, shared, shutdown) = (config.clone(), shared.clone(), shutdown_rx.clone());
@@ -71,7 +76,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Without a source the sidecar stays dormant; the sender is kept so the channel stays open.
     let _dormant = match config.routes_file.clone() {
         Some(path) => {
-            tokio::spawn(source::watch_file(path, config.app_ports.clone(), metrics.clone(), table_tx));
+            tokio::spawn(source::watch_file(
+                path,
+                config.app_ports.clone(),
+                metrics.clone(),
+                table_tx,
+            ));
             None
         }
         None => Some(table_tx),

@@ -16,7 +16,9 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Some(other) => {
-            eprintln!("shunt-sidecar: unexpected argument {other:?}; configuration comes from SHUNT_* variables, see --help");
+            eprintln!(
+                "shunt-sidecar: unexpected argument {other:?}; configuration comes from SHUNT_* variables, see --help"
+            );
             return ExitCode::from(64);
         }
         None => {}
@@ -48,7 +50,9 @@ fn main() -> ExitCode {
 fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SHUNT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().flatten_event(true).init();
     } else {

@@ -74,19 +74,38 @@ impl Metrics {
     /// Registers every metric in a new registry.
     pub fn registry(&self) -> Registry {
         let mut r = Registry::with_prefix("shunt_sidecar");
-        r.register("requests", "HTTP requests by route, port and outcome", self.requests.clone());
-        r.register("mirror_copies_sent", "Mirror copies sent, by route", self.mirror_sent.clone());
+        r.register(
+            "requests",
+            "HTTP requests by route, port and outcome",
+            self.requests.clone(),
+        );
+        r.register(
+            "mirror_copies_sent",
+            "Mirror copies sent, by route",
+            self.mirror_sent.clone(),
+        );
         r.register(
             "mirror_copies_dropped",
             "Mirror copies dropped because the consumer was slow or down, by route",
             self.mirror_dropped.clone(),
         );
-        r.register("tcp_passthrough_connections", "Connections passed through as plain TCP", self.tcp_passthrough.clone());
+        r.register(
+            "tcp_passthrough_connections",
+            "Connections passed through as plain TCP",
+            self.tcp_passthrough.clone(),
+        );
         r.register("active_ports", "App ports with routes", self.active_ports.clone());
-        r.register("lease_renewals", "Redirect lease renewals by result", self.lease_renewals.clone());
-        r.register("route_reloads", "Route source reloads by result", self.route_reloads.clone());
+        r.register(
+            "lease_renewals",
+            "Redirect lease renewals by result",
+            self.lease_renewals.clone(),
+        );
+        r.register(
+            "route_reloads",
+            "Route source reloads by result",
+            self.route_reloads.clone(),
+        );
         r.register("routes", "Routes installed", self.routes.clone());
         r
     }
-
 }

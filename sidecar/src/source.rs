@@ -69,7 +69,10 @@ pub fn read(path: &Path) -> Result<Vec<u8>, SourceError> {
     match std::fs::read(path) {
         Ok(bytes) => Ok(bytes),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(source) => Err(SourceError::Read { path: path.to_owned(), source }),
+        Err(source) => Err(SourceError::Read {
+            path: path.to_owned(),
+            source,
+        }),
     }
 }
 
@@ -78,7 +81,10 @@ pub fn parse(path: &Path, bytes: &[u8], app_ports: &[u16]) -> Result<RouteSet, S
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(RouteSet::default());
     }
-    let set = RouteSet::from_json(bytes).map_err(|source| SourceError::Invalid { path: path.to_owned(), source })?;
+    let set = RouteSet::from_json(bytes).map_err(|source| SourceError::Invalid {
+        path: path.to_owned(),
+        source,
+    })?;
     check_ports(&set, app_ports)?;
     Ok(set)
 }
@@ -119,12 +125,18 @@ pub async fn watch_file(path: PathBuf, app_ports: Vec<u16>, metrics: Metrics, tx
             Ok(set) if tx.borrow().set() == &set => {}
             Ok(set) => {
                 tracing::info!(routes.file = %path.display(), routes.count = set.routes().len(), "routes updated");
-                metrics.route_reloads.get_or_create(&ResultLabels { result: "ok" }).inc();
+                metrics
+                    .route_reloads
+                    .get_or_create(&ResultLabels { result: "ok" })
+                    .inc();
                 metrics.routes.set(set.routes().len() as i64);
                 tx.send_replace(Arc::new(Table::new(set, &metrics)));
             }
             Err(error) => {
-                metrics.route_reloads.get_or_create(&ResultLabels { result: "error" }).inc();
+                metrics
+                    .route_reloads
+                    .get_or_create(&ResultLabels { result: "error" })
+                    .inc();
                 tracing::error!(%error, "routes file rejected; the routes in force stay unchanged");
             }
         }

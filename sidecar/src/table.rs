@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::Semaphore;
 use shunt_proto::route::{Mode, Route, RouteSet};
+use tokio::sync::Semaphore;
 
 use crate::metrics::{Metrics, Outcome, RequestLabels, RouteLabels};
 
@@ -87,7 +87,9 @@ impl Table {
                 ambiguous: request_counter(metrics, "none", route.port, Outcome::ambiguous),
                 app_error: request_counter(metrics, "none", route.port, Outcome::app_error),
             });
-            let labels = RouteLabels { route: route.id.clone() };
+            let labels = RouteLabels {
+                route: route.id.clone(),
+            };
             let active = Arc::new(ActiveRoute {
                 route: route.clone(),
                 counters: RouteCounters {
@@ -129,6 +131,10 @@ impl Table {
 fn request_counter(metrics: &Metrics, route: &str, port: u16, outcome: Outcome) -> Counter {
     metrics
         .requests
-        .get_or_create(&RequestLabels { route: route.to_owned(), port, outcome })
+        .get_or_create(&RequestLabels {
+            route: route.to_owned(),
+            port,
+            outcome,
+        })
         .clone()
 }

@@ -15,7 +15,7 @@ use regex_automata::util::{primitives::StateID, start};
 use regex_automata::{Anchored, MatchKind};
 use regex_syntax::hir::{Class, ClassBytes, ClassBytesRange, Hir, Repetition};
 
-use super::{Atom, Expr, FilterError, Key, ValueMatch, MAX_ALTERNATIVES, MAX_DFA_STATES};
+use super::{Atom, Expr, FilterError, Key, ValueMatch, MAX_ALTERNATIVES, MAX_ATOMS, MAX_DFA_STATES};
 
 /// Caps on intermediate automata (bytes), so a pathological regex fails fast at
 /// parse time instead of eating memory; the real limit is `MAX_DFA_STATES`.
@@ -146,10 +146,7 @@ impl Compiled {
                 let atom = &self.atoms[*i];
                 match &atom.name {
                     None => atom.test.matches(uri.path().as_bytes()),
-                    Some(name) => headers
-                        .get_all(name)
-                        .iter()
-                        .any(|v| atom.test.matches(v.as_bytes())),
+                    Some(name) => headers.get_all(name).iter().any(|v| atom.test.matches(v.as_bytes())),
                 }
             }
             Node::All(children) => children.iter().all(|c| self.eval(c, uri, headers)),
@@ -158,21 +155,17 @@ impl Compiled {
     }
 }
 
-fn build(
-    expr: &Expr,
-    positions: &[Pos],
-    atoms: &mut Vec<Matcher>,
-    where_: &mut Vec<Pos>,
-) -> Result<Node, FilterError> {
+fn build(expr: &Expr, positions: &[Pos], atoms: &mut Vec<Matcher>, where_: &mut Vec<Pos>) -> Result<Node, FilterError> {
     let mut children = |list: &[Expr]| -> Result<Vec<Node>, FilterError> {
-        list.iter()
-            .map(|e| build(e, positions, atoms, where_))
-            .collect()
+        list.iter().map(|e| build(e, positions, atoms, where_)).collect()
     };
     Ok(match expr {
         Expr::All(list) => Node::All(children(list)?),
         Expr::Any(list) => Node::Any(children(list)?),
         Expr::Atom(atom) => {
+            if atoms.len() >= MAX_ATOMS {
+                return Err(FilterError::TooLarge);
+            }
             let pos = positions.get(atoms.len()).copied().unwrap_or_default();
             atoms.push(matcher(atom, pos)?);
             where_.push(pos);
@@ -184,12 +177,12 @@ fn build(
 fn matcher(atom: &Atom, pos: Pos) -> Result<Matcher, FilterError> {
     let name = match &atom.key {
         Key::Path => None,
-        Key::Header(name) => Some(HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-            FilterError::Syntax {
+        Key::Header(name) => Some(
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| FilterError::Syntax {
                 at: pos.at,
                 message: format!("invalid header name {name:?}"),
-            }
-        })?),
+            })?,
+        ),
     };
     let test = match &atom.value {
         ValueMatch::Exact(v) => Test::Exact(v.as_bytes().into()),
@@ -212,9 +205,7 @@ pub(crate) fn compile_regex(re: &str, pos: Pos) -> Result<Dfa, FilterError> {
     };
     let hir = regex_syntax::Parser::new().parse(re).map_err(|e| match &e {
         regex_syntax::Error::Parse(e) => regex_error(e.span().start.offset, e.kind().to_string()),
-        regex_syntax::Error::Translate(e) => {
-            regex_error(e.span().start.offset, e.kind().to_string())
-        }
+        regex_syntax::Error::Translate(e) => regex_error(e.span().start.offset, e.kind().to_string()),
         other => regex_error(0, other.to_string()),
     })?;
     // Built as a syntax tree, not by pasting strings, so `a)|(b` cannot escape.
@@ -222,9 +213,9 @@ pub(crate) fn compile_regex(re: &str, pos: Pos) -> Result<Dfa, FilterError> {
         min: 0,
         max: None,
         greedy: true,
-        sub: Box::new(Hir::class(Class::Bytes(ClassBytes::new([
-            ClassBytesRange::new(0, 255),
-        ])))),
+        sub: Box::new(Hir::class(Class::Bytes(ClassBytes::new([ClassBytesRange::new(
+            0, 255,
+        )])))),
     });
     let full = Hir::concat(vec![any_bytes.clone(), hir, any_bytes]);
     let too_complex = |states| FilterError::TooComplex { at: pos.at, states };
@@ -257,11 +248,7 @@ pub(crate) fn compile_regex(re: &str, pos: Pos) -> Result<Dfa, FilterError> {
     let start = dfa
         .start_state(&start::Config::new().anchored(Anchored::Yes))
         .map_err(|e| regex_error(0, e.to_string()))?;
-    let mut dfa = Dfa {
-        dfa,
-        start,
-        states: 0,
-    };
+    let mut dfa = Dfa { dfa, start, states: 0 };
     dfa.states = dfa.reachable_states(MAX_DFA_STATES);
     if dfa.states > MAX_DFA_STATES {
         return Err(too_complex(dfa.states));

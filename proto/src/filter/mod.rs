@@ -30,10 +30,10 @@
 
 mod compile;
 mod overlap;
-mod serde_form;
-mod syntax;
 #[cfg(test)]
 mod proptests;
+mod serde_form;
+mod syntax;
 #[cfg(test)]
 mod tests;
 
@@ -43,14 +43,18 @@ use std::sync::Arc;
 
 pub use overlap::{overlap, Witness};
 
+/// Matchers (atoms) one filter may contain; bounds the work of compiling it, which
+/// untrusted API input triggers.
+pub const MAX_ATOMS: usize = 64;
+
 /// Alternatives a filter may expand to (`a && (b || c)` is two); bounds [`overlap`].
 pub const MAX_ALTERNATIVES: usize = 256;
 
 /// Most DFA states the regexes on one key (a header or the path) may have together
-/// within one alternative. Two filters meeting on a key explore at most the product
-/// of their budgets (times a small constant), so [`overlap`] always terminates
-/// with an exact answer in bounded memory.
-pub const MAX_DFA_STATES: usize = 200;
+/// within one alternative (Unicode `\w` alone needs about 320). Two filters meeting
+/// on a key explore at most `9 * MAX_DFA_STATES^2 + 1` product states, so
+/// [`overlap`] always terminates with an exact answer in bounded memory.
+pub const MAX_DFA_STATES: usize = 400;
 
 /// Why a filter was rejected. Positions are byte offsets into the text given to
 /// [`Filter::parse`], or into the offending field of the JSON form.
@@ -75,7 +79,8 @@ pub enum FilterError {
     /// The regexes on one key need too big an automaton to decide overlap exactly.
     #[error(
         "at {at}: regex too complex to prove disjointness (DFA over {states} states, \
-         limit {MAX_DFA_STATES}); simplify it"
+         limit {MAX_DFA_STATES}); simplify it, e.g. [a-z0-9_] for \\w, [^/] for ., \
+         fewer {{m,n}} repeats"
     )]
     TooComplex {
         /// Byte offset of the regex.
@@ -83,10 +88,11 @@ pub enum FilterError {
         /// States needed (at least this many).
         states: usize,
     },
-    /// The filter expands to more than [`MAX_ALTERNATIVES`] alternatives.
+    /// The filter has more than [`MAX_ATOMS`] matchers or expands to more than
+    /// [`MAX_ALTERNATIVES`] alternatives.
     #[error(
-        "filter too large: it expands to more than {MAX_ALTERNATIVES} alternatives \
-         ('a && (b || c)' is two); split it into several filters"
+        "filter too large: at most {MAX_ATOMS} matchers and {MAX_ALTERNATIVES} alternatives \
+         once expanded ('a && (b || c)' is two); split it into several filters"
     )]
     TooLarge,
 }
@@ -217,8 +223,7 @@ impl Filter {
 fn collect_names(expr: &Expr, out: &mut Vec<String>) {
     match expr {
         Expr::Atom(Atom {
-            key: Key::Header(name),
-            ..
+            key: Key::Header(name), ..
         }) => out.push(name.clone()),
         Expr::Atom(_) => {}
         Expr::All(children) | Expr::Any(children) => {

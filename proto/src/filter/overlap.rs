@@ -42,10 +42,7 @@ impl Witness {
             *request.uri_mut() = uri;
         }
         for (name, value) in &self.headers {
-            if let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(value),
-            ) {
+            if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
                 request.headers_mut().append(name, value);
             }
         }
@@ -128,8 +125,7 @@ fn alphabet(path: bool) -> &'static Alphabet {
 /// valid UTF-8 of every length (validity itself is tracked by the search).
 fn path_byte(b: u8) -> bool {
     let keeps = |bytes: &[u8]| {
-        http::uri::PathAndQuery::try_from(bytes)
-            .is_ok_and(|p| p.path().as_bytes() == bytes && p.query().is_none())
+        http::uri::PathAndQuery::try_from(bytes).is_ok_and(|p| p.path().as_bytes() == bytes && p.query().is_none())
     };
     if b.is_ascii() {
         keeps(&[b'/', b, b'x'])

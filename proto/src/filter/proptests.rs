@@ -26,9 +26,7 @@ fn atom() -> impl Strategy<Value = Expr> {
         Just(Key::Header("x".into())),
         Just(Key::Header("y".into())),
     ];
-    let path_like = || {
-        (any::<bool>(), literal()).prop_map(|(slash, v)| if slash { format!("/{v}") } else { v })
-    };
+    let path_like = || (any::<bool>(), literal()).prop_map(|(slash, v)| if slash { format!("/{v}") } else { v });
     let value = prop_oneof![
         path_like().prop_map(ValueMatch::Exact),
         path_like().prop_map(ValueMatch::Prefix),

@@ -151,8 +151,8 @@ impl Serialize for Filter {
 impl<'de> Deserialize<'de> for Filter {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Filter, D::Error> {
         let mut positions = Vec::new();
-        let result = to_expr(Node::deserialize(d)?, &mut positions)
-            .and_then(|expr| Filter::from_expr(expr, &positions));
+        let result =
+            to_expr(Node::deserialize(d)?, &mut positions).and_then(|expr| Filter::from_expr(expr, &positions));
         result.map_err(D::Error::custom)
     }
 }

@@ -125,9 +125,7 @@ impl Parser<'_> {
         let name_end = self.pos;
         self.skip_ws();
         match self.src.get(self.pos) {
-            Some(b':') if name.is_empty() => {
-                return Err(syntax(start, format!("empty header name; {EXAMPLE}")))
-            }
+            Some(b':') if name.is_empty() => return Err(syntax(start, format!("empty header name; {EXAMPLE}"))),
             Some(b':') => self.pos += 1,
             Some(&c) if self.pos == name_end && !c.is_ascii_whitespace() => {
                 let shown = self.text[self.pos..].chars().next().unwrap_or('?');
@@ -140,12 +138,7 @@ impl Parser<'_> {
                     ),
                 ));
             }
-            _ => {
-                return Err(syntax(
-                    self.pos,
-                    format!("expected ':' after {name:?}; {EXAMPLE}"),
-                ))
-            }
+            _ => return Err(syntax(self.pos, format!("expected ':' after {name:?}; {EXAMPLE}"))),
         }
         let key = if name == "path" { Key::Path } else { Key::Header(name) };
         self.skip_ws();
@@ -182,9 +175,8 @@ impl Parser<'_> {
                 }
             }
             self.pos = i + 1;
-            return serde_json::from_str(&self.text[start..=i]).map_err(|e| {
-                syntax(start, format!("invalid quoted value (a JSON string): {e}"))
-            });
+            return serde_json::from_str(&self.text[start..=i])
+                .map_err(|e| syntax(start, format!("invalid quoted value (a JSON string): {e}")));
         }
         let end = scan_unquoted(self.src, start);
         self.pos = end;

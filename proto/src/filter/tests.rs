@@ -51,14 +51,20 @@ fn parses_examples_and_prints_canonically() {
         assert_eq!(f(canonical), filter, "{input}");
         assert_eq!(canonical.parse::<Filter>().unwrap(), filter);
     }
-    assert_eq!(f("path: /api/").expr(), &Expr::Atom(Atom {
-        key: Key::Path,
-        value: ValueMatch::Prefix("/api/".into()),
-    }));
-    assert_eq!(f("x-user: =~tilde").expr(), &Expr::Atom(Atom {
-        key: Key::Header("x-user".into()),
-        value: ValueMatch::Exact("~tilde".into()),
-    }));
+    assert_eq!(
+        f("path: /api/").expr(),
+        &Expr::Atom(Atom {
+            key: Key::Path,
+            value: ValueMatch::Prefix("/api/".into()),
+        })
+    );
+    assert_eq!(
+        f("x-user: =~tilde").expr(),
+        &Expr::Atom(Atom {
+            key: Key::Header("x-user".into()),
+            value: ValueMatch::Exact("~tilde".into()),
+        })
+    );
 }
 
 #[test]
@@ -116,11 +122,19 @@ fn errors_say_where_and_what() {
         err("x: a && : b"),
         "at 8: empty header name; write 'name: value', e.g. 'x-user: alice' or 'path: /api/'"
     );
-    assert!(err("x-user: ~(a").starts_with("at 9: invalid regex: unclosed group"), "{}", err("x-user: ~(a"));
+    assert!(
+        err("x-user: ~(a").starts_with("at 9: invalid regex: unclosed group"),
+        "{}",
+        err("x-user: ~(a")
+    );
     assert!(err("x-user: ~a(b").starts_with("at 10: invalid regex: unclosed group"));
     assert_eq!(err("(x: a"), "at 0: unbalanced parenthesis: this '(' is never closed");
     assert_eq!(err("x: a)"), "at 4: unbalanced parenthesis: this ')' closes nothing");
-    assert!(err("x: a &&").starts_with("at 7: expected a filter after '&&'"), "{}", err("x: a &&"));
+    assert!(
+        err("x: a &&").starts_with("at 7: expected a filter after '&&'"),
+        "{}",
+        err("x: a &&")
+    );
     assert!(err("&& x: a").starts_with("at 0: expected a filter before '&&'"));
     assert!(err("x: 1 || || y: 2").starts_with("at 8: expected a filter before '||'"));
     assert!(err("@: a").starts_with("at 0: invalid character '@' in a filter"));
@@ -132,9 +146,21 @@ fn errors_say_where_and_what() {
     assert!(err("").starts_with("at 0: expected a filter"));
     assert!(err(&"(".repeat(100)).contains("nested too deeply"));
     let complex = err("x: ~(a|b)*a(a|b)(a|b)(a|b)(a|b)(a|b)(a|b)(a|b)(a|b)$");
-    assert!(complex.starts_with("at 4: regex too complex to prove disjointness (DFA over"), "{complex}");
-    let many = vec!["(a: 1 || a: 2)"; 9].join(" && ");
+    assert!(
+        complex.starts_with("at 4: regex too complex to prove disjointness (DFA over"),
+        "{complex}"
+    );
+    // Each regex alone fits; together on one key in one alternative they do not.
+    let both = err(r"x: ~\w && x: ~^.{0,20}$");
+    assert!(both.starts_with("at 14: regex too complex"), "{both}");
+    assert!(Filter::parse(r"x: ~\w || x: ~^.{0,20}$").is_ok());
+    assert!(err(r"x: ~\bbob").contains("Unicode word boundaries"));
+    assert!(Filter::parse(r"x: ~(?-u:\b)bob").is_ok());
+    let many = ["(a: 1 || a: 2)"; 9].join(" && ");
     assert_eq!(Filter::parse(&many).unwrap_err(), FilterError::TooLarge);
+    let long = ["a: 1"; 65].join(" && ");
+    assert_eq!(Filter::parse(&long).unwrap_err(), FilterError::TooLarge);
+    assert!(Filter::parse(&["a: 1"; 64].join(" && ")).is_ok());
 }
 
 #[test]
@@ -148,10 +174,11 @@ fn serde_structured_and_text_forms() {
     assert_eq!(serde_json::from_str::<Filter>(&json).unwrap(), filter);
     let text: Filter = serde_json::from_str(r#""x-user: alice && path: /api/""#).unwrap();
     assert_eq!(text, filter);
-    let mixed: Filter =
-        serde_json::from_str(r#"{"any":["x: 1",{"header":{"name":"X-B","regex":"^a"}}]}"#).unwrap();
+    let mixed: Filter = serde_json::from_str(r#"{"any":["x: 1",{"header":{"name":"X-B","regex":"^a"}}]}"#).unwrap();
     assert_eq!(mixed, f("x: 1 || x-b: ~^a"));
-    let bad = serde_json::from_str::<Filter>(r#""x-user: ~(""#).unwrap_err().to_string();
+    let bad = serde_json::from_str::<Filter>(r#""x-user: ~(""#)
+        .unwrap_err()
+        .to_string();
     assert!(bad.contains("invalid regex"), "{bad}");
     let bad = serde_json::from_str::<Filter>(r#"{"header":{"name":"a b","exact":"x"}}"#);
     assert!(bad.unwrap_err().to_string().contains("invalid character"));
@@ -183,7 +210,10 @@ fn overlap_examples() {
     let w = witness("x-user: ~^a.*z$", "x-user: ~^a[0-9]+z$").unwrap();
     assert_eq!(w.headers[0].1, "a0z");
     assert_eq!(witness("path: /a/ && x: 1", "path: /b/"), None);
-    assert_eq!(witness("path: /a/ || x: 1", "path: /b/").unwrap().to_string(), "GET /b/ with x: 1");
+    assert_eq!(
+        witness("path: /a/ || x: 1", "path: /b/").unwrap().to_string(),
+        "GET /b/ with x: 1"
+    );
     assert_eq!(witness("x: ^ab", "x: ^ac"), None);
     assert_eq!(witness("x: ~^a", "x: ~^b"), None);
     assert_eq!(witness("x: ~b$ && x: ~^a", "x: ^a").unwrap().headers[0].1, "ab");

@@ -60,8 +60,18 @@ impl Shared {
         shutdown: watch::Receiver<bool>,
         live: mpsc::Sender<()>,
     ) -> Shared {
-        let app = app_ports.iter().map(|&p| (p, SocketAddr::new(app_host, p).to_string())).collect();
-        Shared { table, clients: Clients::default(), metrics, app, shutdown, live }
+        let app = app_ports
+            .iter()
+            .map(|&p| (p, SocketAddr::new(app_host, p).to_string()))
+            .collect();
+        Shared {
+            table,
+            clients: Clients::default(),
+            metrics,
+            app,
+            shutdown,
+            live,
+        }
     }
 
     /// `host:port` of the app behind `port`.
@@ -82,7 +92,12 @@ pub enum PortSource {
 }
 
 /// Accepts connections until `stop` fires (or the shared shutdown does).
-pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, ports: PortSource, mut stop: watch::Receiver<bool>) {
+pub async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    ports: PortSource,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut shutdown = shared.shutdown.clone();
     loop {
         let (stream, peer) = tokio::select! {

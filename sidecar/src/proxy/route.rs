@@ -28,7 +28,11 @@ pub struct ConnInfo {
 }
 
 /// Routes one request. Never fails: problems become HTTP responses.
-pub async fn handle(shared: Arc<Shared>, conn: ConnInfo, req: Request<Incoming>) -> Result<Response<OutBody>, std::convert::Infallible> {
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<OutBody>, std::convert::Infallible> {
     let routes = shared.table.borrow().port(conn.port);
     let mut req = prepare(req.map(boxed), &conn);
     let Some(routes) = routes else {
@@ -51,7 +55,10 @@ pub async fn handle(shared: Arc<Shared>, conn: ConnInfo, req: Request<Incoming>)
         // Filters are disjoint for one value per header; a request that repeats a
         // header can still match two. It belongs to nobody: the app serves it.
         routes.ambiguous.inc();
-        tracing::debug!(port = conn.port, "request matched several steal routes; the app serves it");
+        tracing::debug!(
+            port = conn.port,
+            "request matched several steal routes; the app serves it"
+        );
         steal = None;
     }
 
@@ -86,11 +93,10 @@ fn prepare(mut req: Request<OutBody>, conn: &ConnInfo) -> Request<OutBody> {
 /// True for an HTTP/1.1 request that asks to switch protocols (e.g. WebSocket).
 pub fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.headers().contains_key(header::UPGRADE)
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
+        && req.headers().get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+        })
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) concern one connection, not the message.
@@ -106,7 +112,12 @@ fn strip_hop_headers(headers: &mut http::HeaderMap, keep_upgrade: bool) {
     for name in listed {
         headers.remove(name);
     }
-    for name in ["keep-alive", "proxy-connection", "proxy-authorization", "transfer-encoding"] {
+    for name in [
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "transfer-encoding",
+    ] {
         headers.remove(name);
     }
     if !keep_upgrade {
@@ -122,7 +133,12 @@ fn strip_hop_headers(headers: &mut http::HeaderMap, keep_upgrade: bool) {
 fn mirror(shared: &Arc<Shared>, conn: &ConnInfo, routes: &PortRoutes, req: &mut Request<OutBody>) {
     let mut copies = Vec::new();
     for route in &routes.mirrors {
-        if !route.route.filter.as_ref().is_none_or(|f| f.matches_head(req.uri(), req.headers())) {
+        if !route
+            .route
+            .filter
+            .as_ref()
+            .is_none_or(|f| f.matches_head(req.uri(), req.headers()))
+        {
             continue;
         }
         let Ok(permit) = route.mirror_slots.clone().try_acquire_owned() else {
@@ -159,7 +175,12 @@ fn mirror(shared: &Arc<Shared>, conn: &ConnInfo, routes: &PortRoutes, req: &mut 
     }
 }
 
-async fn to_app(shared: &Arc<Shared>, conn: &ConnInfo, routes: Option<&PortRoutes>, req: Request<OutBody>) -> Response<OutBody> {
+async fn to_app(
+    shared: &Arc<Shared>,
+    conn: &ConnInfo,
+    routes: Option<&PortRoutes>,
+    req: Request<OutBody>,
+) -> Response<OutBody> {
     if let Some(routes) = routes {
         routes.app.inc();
     }
@@ -174,7 +195,12 @@ async fn to_app(shared: &Arc<Shared>, conn: &ConnInfo, routes: Option<&PortRoute
         })
 }
 
-async fn to_upstream(shared: &Arc<Shared>, conn: &ConnInfo, route: &ActiveRoute, req: Request<OutBody>) -> Response<OutBody> {
+async fn to_upstream(
+    shared: &Arc<Shared>,
+    conn: &ConnInfo,
+    route: &ActiveRoute,
+    req: Request<OutBody>,
+) -> Response<OutBody> {
     let dest = route.route.upstream.authority().as_str();
     match send(shared, conn, dest, req).await {
         Ok(resp) => {
@@ -198,7 +224,12 @@ async fn to_upstream(shared: &Arc<Shared>, conn: &ConnInfo, route: &ActiveRoute,
 }
 
 /// Forwards to `dest`; an unsent failure is retried nowhere else (the app is the last resort).
-async fn forward(shared: &Arc<Shared>, conn: &ConnInfo, dest: &str, req: Request<OutBody>) -> Result<Response<OutBody>, String> {
+async fn forward(
+    shared: &Arc<Shared>,
+    conn: &ConnInfo,
+    dest: &str,
+    req: Request<OutBody>,
+) -> Result<Response<OutBody>, String> {
     match send(shared, conn, dest, req).await {
         Ok(resp) => Ok(resp),
         Err(SendError::Unsent(_, why)) => Err(why),
@@ -206,7 +237,12 @@ async fn forward(shared: &Arc<Shared>, conn: &ConnInfo, dest: &str, req: Request
     }
 }
 
-async fn send(shared: &Arc<Shared>, conn: &ConnInfo, dest: &str, mut req: Request<OutBody>) -> Result<Response<OutBody>, SendError> {
+async fn send(
+    shared: &Arc<Shared>,
+    conn: &ConnInfo,
+    dest: &str,
+    mut req: Request<OutBody>,
+) -> Result<Response<OutBody>, SendError> {
     let downstream = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     if conn.proto == Proto::Http1 {
         // HTTP/1.1 upstreams take the origin form; the Host header carries the authority.

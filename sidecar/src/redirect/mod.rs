@@ -61,14 +61,26 @@ pub async fn run_nftables(config: Config, shared: Arc<Shared>, nft: Nft, mut shu
                 },
             };
             if matches!(listener, Listener::Open(_)) {
-                let result = if installed { nft.renew(&ports).await } else { nft.install(&ports).await };
+                let result = if installed {
+                    nft.renew(&ports).await
+                } else {
+                    nft.install(&ports).await
+                };
                 let ok = result.is_ok();
-                shared.metrics.lease_renewals.get_or_create(&ResultLabels { result: if ok { "ok" } else { "error" } }).inc();
+                shared
+                    .metrics
+                    .lease_renewals
+                    .get_or_create(&ResultLabels {
+                        result: if ok { "ok" } else { "error" },
+                    })
+                    .inc();
                 match result {
                     Ok(()) if !installed => tracing::info!(?ports, "redirect active"),
                     Ok(()) => {}
                     // Log the first failure of a streak, not one line per second.
-                    Err(error) if healthy => tracing::error!(%error, "redirect lease not renewed; traffic goes to the app"),
+                    Err(error) if healthy => {
+                        tracing::error!(%error, "redirect lease not renewed; traffic goes to the app")
+                    }
                     Err(_) => {}
                 }
                 // After a failure the table may be gone or stale: rebuild it next time.
@@ -79,7 +91,9 @@ pub async fn run_nftables(config: Config, shared: Arc<Shared>, nft: Nft, mut shu
             if installed {
                 match nft.remove().await {
                     Ok(()) => tracing::info!("redirect removed; dormant"),
-                    Err(error) => tracing::error!(%error, "cannot remove the redirect table; its elements expire by themselves"),
+                    Err(error) => {
+                        tracing::error!(%error, "cannot remove the redirect table; its elements expire by themselves")
+                    }
                 }
                 installed = false;
             }
@@ -110,10 +124,18 @@ pub async fn run_takeover(config: Config, shared: Arc<Shared>, shutdown: watch::
     for (&app, &listen) in &config.listen_ports {
         let addr = SocketAddr::new(config.bind_ip, listen);
         let bound = TcpListener::bind(addr).await.map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot listen on {addr} (SHUNT_LISTEN_PORT for app port {app}): {e}"))
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {addr} (SHUNT_LISTEN_PORT for app port {app}): {e}"),
+            )
         })?;
         tracing::info!(listen.addr = %addr, app.port = app, "taking over port");
-        tokio::spawn(accept_loop(shared.clone(), bound, PortSource::Fixed(app), shutdown.clone()));
+        tokio::spawn(accept_loop(
+            shared.clone(),
+            bound,
+            PortSource::Fixed(app),
+            shutdown.clone(),
+        ));
     }
     let mut table = shared.table.clone();
     let mut shutdown = shutdown;

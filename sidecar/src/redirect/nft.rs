@@ -114,7 +114,10 @@ impl Nft {
     }
 
     async fn run(&self, script: &str) -> Result<(), NftError> {
-        let spawn_error = |source| NftError::Spawn { nft: self.nft.display().to_string(), source };
+        let spawn_error = |source| NftError::Spawn {
+            nft: self.nft.display().to_string(),
+            source,
+        };
         let mut child = Command::new(&self.nft)
             .args(["-f", "-"])
             .stdin(Stdio::piped())

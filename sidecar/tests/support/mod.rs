@@ -1,0 +1,182 @@
+//! Shared helpers of the sidecar's integration tests: a sidecar process with a routes
+//! file, real clients (curl, h2load, Python), and polling with deadlines.
+#![allow(dead_code, clippy::unwrap_used, missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub const SIDECAR: &str = env!("CARGO_BIN_EXE_shunt-sidecar");
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("shunt-{tag}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Replaces the routes file atomically (as a ConfigMap update would).
+pub fn write_routes(path: &Path, routes: &[serde_json::Value]) {
+    let doc = serde_json::json!({ "routes": routes });
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, doc.to_string()).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+pub fn route(id: &str, mode: &str, filter: Option<&str>, upstream: &str) -> serde_json::Value {
+    let mut r = serde_json::json!({ "id": id, "port": 8080, "mode": mode, "upstream": format!("http://{upstream}") });
+    if let Some(filter) = filter {
+        r["filter"] = filter.into();
+    }
+    r
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs curl; returns (stdout, stderr). Fails the test if curl cannot run at all.
+pub fn curl(args: &[&str]) -> (String, String, bool) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10"])
+        .args(args)
+        .output()
+        .expect("curl is installed");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.success(),
+    )
+}
+
+/// Who served each response in a curl output of echo-server JSON lines.
+pub fn served_by(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["served_by"]
+                .as_str()
+                .unwrap_or("?")
+                .to_owned()
+        })
+        .collect()
+}
+
+/// One GET with an optional header; who served it (None when the request failed).
+pub fn who(url: &str, header: Option<&str>) -> Option<String> {
+    let mut args = vec![url];
+    if let Some(h) = header {
+        args.extend(["-H", h]);
+    }
+    let (out, _, ok) = curl(&args);
+    ok.then(|| served_by(&out).pop()).flatten()
+}
+
+/// Waits for the admin port to answer /readyz.
+pub fn wait_ready(admin: &str) {
+    eventually("sidecar /readyz", Duration::from_secs(10), || {
+        curl(&["-f", &format!("http://{admin}/readyz")]).2.then_some(())
+    });
+}
+
+/// Waits until /routes lists `n` routes.
+pub fn wait_routes(admin: &str, n: usize) {
+    eventually(&format!("{n} routes installed"), Duration::from_secs(10), || {
+        let (out, _, ok) = curl(&[&format!("http://{admin}/routes")]);
+        let doc: serde_json::Value = serde_json::from_str(&out).ok()?;
+        (ok && doc["routes"].as_array()?.len() == n).then_some(())
+    });
+}
+
+/// The value of one sample line of /metrics, e.g. `shunt_sidecar_requests_total{...}`.
+pub fn metric(admin: &str, prefix: &str) -> f64 {
+    let (out, _, _) = curl(&[&format!("http://{admin}/metrics")]);
+    out.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Runs the Python WebSocket client; its printed answer.
+pub fn ws_client(url: &str, header: Option<&str>) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/ws.py");
+    let mut cmd = Command::new("python3");
+    cmd.args([script, "client", url]);
+    if let Some(h) = header {
+        cmd.arg(h);
+    }
+    let out = cmd.output().expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "websocket client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+pub fn ws_script() -> &'static str {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/ws.py")
+}
+
+/// Sends one request per header over ONE HTTP/2 connection (prior knowledge), all
+/// streams in flight at once; who served each, in order.
+///
+/// hyper is the client here because curl 7.88 breaks reusing an h2c prior-knowledge
+/// connection (`--next`), even against a plain hyper server without shunt.
+pub async fn h2_multiplexed(addr: &str, path: &str, headers: &[Option<&str>]) -> Vec<String> {
+    use http_body_util::{BodyExt, Empty};
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let requests = headers.iter().map(|h| {
+        let mut sender = sender.clone();
+        let mut req = http::Request::get(format!("http://{addr}{path}"));
+        if let Some((k, v)) = h.and_then(|h| h.split_once(':')) {
+            req = req.header(k.trim(), v.trim());
+        }
+        let req = req.body(Empty::<bytes::Bytes>::new()).unwrap();
+        async move {
+            let resp = sender.send_request(req).await.unwrap();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            served_by(&String::from_utf8_lossy(&body)).pop().unwrap_or_default()
+        }
+    });
+    let mut out = Vec::new();
+    let handles: Vec<_> = requests.map(tokio::spawn).collect();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
