@@ -90,8 +90,15 @@ fn help_lists_every_variable_and_bad_config_exits_64() {
     ] {
         assert!(text.contains(var), "--help documents {var}");
     }
-    let bad = Command::new(SIDECAR).env_remove("SHUNT_APP_PORTS").env("SHUNT_REDIRECT", "bogus").output().unwrap();
+    let bad = Command::new(SIDECAR)
+        .env_remove("SHUNT_APP_PORTS")
+        .env("SHUNT_REDIRECT", "bogus")
+        .output()
+        .unwrap();
     assert_eq!(bad.status.code(), Some(64));
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains("SHUNT_REDIRECT") && err.contains("nftables or port-takeover"), "{err}");
+    assert!(
+        err.contains("SHUNT_REDIRECT") && err.contains("nftables or port-takeover"),
+        "{err}"
+    );
 }
