@@ -399,18 +399,12 @@ async fn garbage_slowloris_and_huge_headers_do_not_hurt_other_clients() {
     }
     // Oversized head: 100 KiB of header is refused with 431.
     let big = format!("x-big: {}", "a".repeat(100 * 1024));
-    let (code, _, _) = curl(&[
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "-H",
-        "x-user: alice",
-        "-H",
-        &big,
-        &w.url("/"),
-    ]);
-    assert_eq!(code, "431");
+    let (code, _, _) = curl(&["-w", "%{http_code}", "-H", "x-user: alice", "-H", &big, &w.url("/")]);
+    let tail = &code[code.len().saturating_sub(200)..];
+    assert!(
+        code.ends_with("431"),
+        "a 100 KiB head is refused with 431, got: …{tail}"
+    );
     // Meanwhile everyone else is served, correctly routed.
     for _ in 0..10 {
         for s in &mut slow {

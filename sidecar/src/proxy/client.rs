@@ -43,6 +43,58 @@ pub enum SendError {
 
 type H1Pool = HashMap<String, Vec<http1::SendRequest<OutBody>>>;
 
+/// Upstream HTTP/1.1 connections kept by one client connection.
+const STICKY_SLOTS: usize = 4;
+
+/// The HTTP/1.1 connections one client connection uses onwards, one per destination.
+///
+/// Requests on an HTTP/1.1 connection arrive one after another, so the client
+/// connection can keep "its" upstream connections without touching the shared pool:
+/// no lock contention and no search on the hot path. When the client connection
+/// closes, its connections go back to the shared pool.
+pub struct Sticky {
+    clients: Clients,
+    slots: Mutex<Vec<(Box<str>, http1::SendRequest<OutBody>)>>,
+}
+
+impl Sticky {
+    /// An empty set for a new client connection.
+    pub fn new(clients: Clients) -> Sticky {
+        Sticky {
+            clients,
+            slots: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn take(&self, dest: &str) -> Option<http1::SendRequest<OutBody>> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.retain(|(_, s)| !s.is_closed());
+        let i = slots.iter().position(|(d, s)| &**d == dest && s.is_ready())?;
+        Some(slots.swap_remove(i).1)
+    }
+
+    fn put(&self, dest: &str, sender: http1::SendRequest<OutBody>) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if slots.len() < STICKY_SLOTS {
+            slots.push((dest.into(), sender));
+        } else {
+            drop(slots);
+            self.clients.park_h1(dest, sender, false);
+        }
+    }
+}
+
+impl Drop for Sticky {
+    fn drop(&mut self) {
+        let slots = std::mem::take(&mut *self.slots.lock().unwrap_or_else(|p| p.into_inner()));
+        for (dest, sender) in slots {
+            if !sender.is_closed() {
+                self.clients.park_h1(&dest, sender, false);
+            }
+        }
+    }
+}
+
 /// A pool of connections to many destinations, shared by all proxy connections.
 #[derive(Clone, Default)]
 pub struct Clients {
@@ -53,21 +105,42 @@ pub struct Clients {
 impl Clients {
     /// Sends `req` to `dest` (`host:port`), reusing a pooled connection when one is ready.
     /// For an HTTP/1.1 upgrade the connection is not returned to the pool.
-    pub async fn send(&self, dest: &str, proto: Proto, req: Request<OutBody>) -> Result<Response<Incoming>, SendError> {
+    /// With `sticky`, HTTP/1.1 connections are taken from and returned to the client
+    /// connection's own set first.
+    pub async fn send(
+        &self,
+        dest: &str,
+        proto: Proto,
+        req: Request<OutBody>,
+        sticky: Option<&Sticky>,
+    ) -> Result<Response<Incoming>, SendError> {
         match proto {
-            Proto::Http1 => self.send_h1(dest, req).await,
+            Proto::Http1 => self.send_h1(dest, req, sticky).await,
             Proto::Http2 => self.send_h2(dest, req).await,
         }
     }
 
-    async fn send_h1(&self, dest: &str, mut req: Request<OutBody>) -> Result<Response<Incoming>, SendError> {
+    fn keep_h1(&self, dest: &str, sender: http1::SendRequest<OutBody>, upgrade: bool, sticky: Option<&Sticky>) {
+        match sticky {
+            Some(sticky) if !upgrade => sticky.put(dest, sender),
+            _ => self.park_h1(dest, sender, upgrade),
+        }
+    }
+
+    async fn send_h1(
+        &self,
+        dest: &str,
+        mut req: Request<OutBody>,
+        sticky: Option<&Sticky>,
+    ) -> Result<Response<Incoming>, SendError> {
         let upgrade = req.headers().contains_key(http::header::UPGRADE);
         // A pooled connection may have been closed by the peer just now; then the request
         // comes back unsent and goes out once more on a fresh connection.
-        if let Some(mut sender) = self.idle_h1(dest) {
+        let reused = sticky.and_then(|s| s.take(dest)).or_else(|| self.idle_h1(dest));
+        if let Some(mut sender) = reused {
             match sender.try_send_request(req).await {
                 Ok(resp) => {
-                    self.park_h1(dest, sender, upgrade);
+                    self.keep_h1(dest, sender, upgrade, sticky);
                     return Ok(resp);
                 }
                 Err(mut e) => match e.take_message() {
@@ -94,7 +167,7 @@ impl Clients {
         }
         match sender.try_send_request(req).await {
             Ok(resp) => {
-                self.park_h1(dest, sender, upgrade);
+                self.keep_h1(dest, sender, upgrade, sticky);
                 Ok(resp)
             }
             Err(mut e) => match e.take_message() {

@@ -32,7 +32,7 @@ use sniff::Protocol;
 /// A client must send its request head within this time (slowloris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head accepted over HTTP/1.1; larger ones get 431.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// State shared by every connection.
 pub struct Shared {
@@ -154,7 +154,7 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, ports: 
         Err(error) => return tracing::debug!(%error, "connection closed before its first bytes"),
     };
     drop(routes);
-    let info = ConnInfo { peer, port, proto };
+    let info = Arc::new(ConnInfo::new(peer, port, proto, shared.clients.clone()));
     let service = {
         let shared = shared.clone();
         service_fn(move |req| route::handle(shared.clone(), info.clone(), req))

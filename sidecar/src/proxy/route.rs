@@ -10,29 +10,59 @@ use hyper::body::Incoming;
 use shunt_proto::names::{HOP_HEADER_POD, HOP_HEADER_SESSION};
 
 use super::body::{boxed, copy_channel, text, OutBody, Tee};
-use super::client::{Proto, SendError};
+use super::client::{Proto, SendError, Sticky};
 use super::Shared;
 use crate::table::{ActiveRoute, PortRoutes};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Everything a request handler needs to know about its connection.
-#[derive(Clone)]
 pub struct ConnInfo {
     /// The client.
     pub peer: SocketAddr,
+    /// The client's address as an `x-forwarded-for` value (made once per connection).
+    pub peer_header: HeaderValue,
     /// The app port the connection was for.
     pub port: u16,
     /// The protocol the client speaks (and that is spoken onwards).
     pub proto: Proto,
+    /// The HTTP/1.1 connections onwards this client connection keeps.
+    pub sticky: Sticky,
+}
+
+impl ConnInfo {
+    /// Connection facts for a new client connection.
+    pub fn new(peer: SocketAddr, port: u16, proto: Proto, clients: super::client::Clients) -> ConnInfo {
+        let peer_header = HeaderValue::try_from(peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
+        ConnInfo {
+            peer,
+            peer_header,
+            port,
+            proto,
+            sticky: Sticky::new(clients),
+        }
+    }
+
+    fn sticky(&self) -> Option<&Sticky> {
+        (self.proto == Proto::Http1).then_some(&self.sticky)
+    }
 }
 
 /// Routes one request. Never fails: problems become HTTP responses.
 pub async fn handle(
     shared: Arc<Shared>,
-    conn: ConnInfo,
+    conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<OutBody>, std::convert::Infallible> {
+    // hyper bounds the read buffer, but a head that arrives in one burst can get past it;
+    // the limit is enforced here so it holds however the bytes arrive.
+    if head_size(&req) > super::MAX_HEAD_BYTES {
+        let mut resp = Response::new(text("shunt-sidecar: request header fields too large\n"));
+        *resp.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+        return Ok(resp);
+    }
     let routes = shared.table.borrow().port(conn.port);
     let mut req = prepare(req.map(boxed), &conn);
     let Some(routes) = routes else {
@@ -72,6 +102,16 @@ pub async fn handle(
     }
 }
 
+/// Bytes of the request head as it would be written in HTTP/1.1.
+fn head_size<B>(req: &Request<B>) -> usize {
+    let line = req.uri().path_and_query().map_or(1, |pq| pq.as_str().len()) + req.method().as_str().len() + 12;
+    line + req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+}
+
 /// Removes what must not travel onwards and records the client address.
 fn prepare(mut req: Request<OutBody>, conn: &ConnInfo) -> Request<OutBody> {
     let upgrade = is_upgrade(&req);
@@ -79,12 +119,11 @@ fn prepare(mut req: Request<OutBody>, conn: &ConnInfo) -> Request<OutBody> {
     // Hop headers of shunt itself are never taken from a client.
     req.headers_mut().remove(HOP_HEADER_SESSION);
     req.headers_mut().remove(HOP_HEADER_POD);
-    let ip = conn.peer.ip().to_string();
     let forwarded = match req.headers().get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {ip}"),
-        None => ip,
+        Some(prior) => HeaderValue::try_from(format!("{prior}, {}", conn.peer.ip())).ok(),
+        None => Some(conn.peer_header.clone()),
     };
-    if let Ok(value) = HeaderValue::try_from(forwarded) {
+    if let Some(value) = forwarded {
         req.headers_mut().insert(X_FORWARDED_FOR.clone(), value);
     }
     req
@@ -101,6 +140,28 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) concern one connection, not the message.
 fn strip_hop_headers(headers: &mut http::HeaderMap, keep_upgrade: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        strip_connection_listed(headers, keep_upgrade);
+    }
+    for name in [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::PROXY_AUTHORIZATION,
+        &header::TRANSFER_ENCODING,
+    ] {
+        headers.remove(name);
+    }
+    if !keep_upgrade {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+    if headers.get(header::TE).is_some_and(|v| v != "trailers") {
+        headers.remove(header::TE);
+    }
+}
+
+/// Removes the headers a `Connection` header lists (they concern this hop only).
+fn strip_connection_listed(headers: &mut http::HeaderMap, keep_upgrade: bool) {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -111,21 +172,6 @@ fn strip_hop_headers(headers: &mut http::HeaderMap, keep_upgrade: bool) {
         .collect();
     for name in listed {
         headers.remove(name);
-    }
-    for name in [
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authorization",
-        "transfer-encoding",
-    ] {
-        headers.remove(name);
-    }
-    if !keep_upgrade {
-        headers.remove(header::CONNECTION);
-        headers.remove(header::UPGRADE);
-    }
-    if headers.get(header::TE).is_some_and(|v| v != "trailers") {
-        headers.remove(header::TE);
     }
 }
 
@@ -156,7 +202,7 @@ fn mirror(shared: &Arc<Shared>, conn: &ConnInfo, routes: &PortRoutes, req: &mut 
         tokio::spawn(async move {
             let _permit = permit;
             let dest = route.route.upstream.authority().as_str();
-            match shared.clients.send(dest, proto, copy).await {
+            match shared.clients.send(dest, proto, copy, None).await {
                 Ok(resp) => {
                     route.counters.mirror_sent.inc();
                     // Read the answer so the connection can be reused; nobody needs it.
@@ -250,7 +296,7 @@ async fn send(
             *req.uri_mut() = pq.into();
         }
     }
-    let mut resp = match shared.clients.send(dest, conn.proto, req).await {
+    let mut resp = match shared.clients.send(dest, conn.proto, req, conn.sticky()).await {
         Ok(resp) => resp,
         Err(SendError::Unsent(mut req, why)) => {
             // Give the request its upgrade back, so whoever serves it instead can tunnel.
