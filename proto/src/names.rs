@@ -30,3 +30,8 @@ pub const NFT_TABLE: &str = "shunt";
 pub const DEFAULT_PROXY_PORT: u16 = 15080;
 /// Default port of the sidecar's admin HTTP server.
 pub const DEFAULT_ADMIN_PORT: u16 = 15090;
+/// Pod annotation listing the app ports the sidecar manages (`"8080,9090"`, numbers or
+/// container port names); without it, every TCP container port of the pod's containers.
+pub const ANNOTATION_PORTS: &str = "shunt.dev/ports";
+/// Pod annotation choosing how traffic reaches the sidecar: `nftables` or `port-takeover`.
+pub const ANNOTATION_REDIRECT: &str = "shunt.dev/redirect";

@@ -1,0 +1,73 @@
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+
+fn args(extra: &[&str]) -> Result<Settings, String> {
+    let argv = std::iter::once("shunt-webhook").chain(extra.iter().copied());
+    let args = Args::try_parse_from(argv).map_err(|e| e.to_string())?;
+    args.settings().map_err(|e| e.to_string())
+}
+
+#[test]
+fn durations_accept_sums_of_units_and_refuse_the_rest() {
+    assert_eq!(parse_duration("30d").unwrap(), Duration::from_secs(30 * 86_400));
+    assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+    assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+    for bad in ["", "10", "d", "10x", "1.5h", "-1s"] {
+        assert!(parse_duration(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn defaults_give_self_mode_with_the_service_dns_names() {
+    let s = args(&["--namespace", "team"]).unwrap();
+    let CertSource::SelfManaged(own) = s.cert else {
+        panic!("self mode expected")
+    };
+    assert_eq!(own.dns_names[2], "shunt-webhook.team.svc");
+    assert_eq!(own.policy.renew_before, 30 * 86_400);
+    assert_eq!(s.inject.operator_addr, "https://shunt-operator.team.svc:443");
+    assert!(s.inject.excluded_namespaces.contains(&"team".to_owned()));
+    assert!(s.inject.excluded_namespaces.contains(&"kube-system".to_owned()));
+    assert_eq!(s.inject.resources.memory_limit.as_deref(), Some("128Mi"));
+    assert_eq!(s.inject.resources.cpu_limit, None);
+}
+
+#[test]
+fn files_mode_needs_both_files() {
+    let err = args(&["--cert-mode", "files", "--cert-file", "/c"]).unwrap_err();
+    assert!(err.contains("--cert-file and --key-file"), "{err}");
+    assert!(args(&["--cert-mode", "files", "--cert-file", "/c", "--key-file", "/k"]).is_ok());
+}
+
+#[test]
+fn errors_name_the_flag() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--renew-before", "400d"], "--renew-before"),
+        (&["--rotation-overlap", "20d"], "--rotation-overlap"),
+        (&["--token-expiration", "5m"], "--token-expiration"),
+        (&["--sidecar-memory-limit", "lots"], "--sidecar-memory-limit"),
+        (&["--secret-name", "Bad_Name"], "--secret-name"),
+        (&["--admin-port", "15101"], "--admin-port"),
+        (
+            &["--sidecar-image-pull-policy", "Sometimes"],
+            "--sidecar-image-pull-policy",
+        ),
+        (&["--cert-validity", "forever"], "--cert-validity"),
+        (
+            &[
+                "--cert-validity",
+                "10s",
+                "--renew-before",
+                "6s",
+                "--rotation-overlap",
+                "2s",
+            ],
+            "--cert-validity",
+        ),
+    ];
+    for (argv, flag) in cases {
+        let err = args(argv).unwrap_err();
+        assert!(err.contains(flag), "{argv:?}: {err}");
+    }
+}
