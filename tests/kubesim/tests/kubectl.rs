@@ -1,0 +1,530 @@
+//! The real `kubectl` against an in-process kubesim: get, apply (create and update) and
+//! delete of deployments, pods and a CRD with its objects, `get -w`, `auth can-i`
+//! answered from RBAC, `auth whoami`, `create token`.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use kubesim::{Cluster, Options};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const KUBECTL: &str = "/usr/bin/kubectl";
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A scratch directory removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Scratch {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "kubesim-kubectl-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn write(&self, name: &str, text: &str) -> String {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// kubectl for one user of one cluster (its own discovery cache, no ambient config).
+struct Kubectl {
+    kubeconfig: PathBuf,
+    cache: PathBuf,
+}
+
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Kubectl {
+    fn new(cluster: &Cluster, scratch: &Scratch, user: &str, groups: &[&str]) -> Kubectl {
+        let kubeconfig = scratch.0.join(format!("{user}.kubeconfig"));
+        cluster.write_kubeconfig(&kubeconfig, user, groups).unwrap();
+        Kubectl {
+            kubeconfig,
+            cache: scratch.0.join(format!("{user}.cache")),
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(KUBECTL);
+        cmd.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(&self.cache)
+            .args(args);
+        cmd.env_remove("KUBECONFIG").kill_on_drop(true);
+        cmd
+    }
+
+    async fn run(&self, args: &[&str]) -> Run {
+        let out = tokio::time::timeout(DEADLINE, self.command(args).output())
+            .await
+            .expect("kubectl finished in time")
+            .unwrap();
+        Run {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Runs and expects success; returns stdout.
+    async fn ok(&self, args: &[&str]) -> String {
+        let run = self.run(args).await;
+        assert!(run.ok, "kubectl {args:?} failed: {}{}", run.stdout, run.stderr);
+        run.stdout
+    }
+
+    /// Runs and expects failure; returns stderr.
+    async fn fails(&self, args: &[&str]) -> String {
+        let run = self.run(args).await;
+        assert!(!run.ok, "kubectl {args:?} should have failed: {}", run.stdout);
+        run.stderr
+    }
+}
+
+fn deployment(replicas: u32) -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {{app: web}}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: web}}
+  template:
+    metadata:
+      labels: {{app: web}}
+    spec:
+      containers:
+      - name: web
+        image: kubesim/echo
+"
+    )
+}
+
+const WIDGET_CRD: &str = "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.kubesim.test
+spec:
+  group: kubesim.test
+  names: {kind: Widget, plural: widgets, singular: widget, listKind: WidgetList}
+  scope: Namespaced
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources: {status: {}}
+    additionalPrinterColumns:
+    - {name: Size, type: integer, jsonPath: .spec.size}
+    - {name: Color, type: string, jsonPath: .spec.color}
+    - {name: Age, type: date, jsonPath: .metadata.creationTimestamp}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            properties:
+              size: {type: integer}
+              color: {type: string}
+";
+
+fn widget(size: u32) -> String {
+    format!("apiVersion: kubesim.test/v1\nkind: Widget\nmetadata:\n  name: w1\nspec:\n  size: {size}\n")
+}
+
+const POD: &str = "apiVersion: v1
+kind: Pod
+metadata:
+  name: solo
+spec:
+  containers:
+  - name: app
+    image: kubesim/echo
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_apply_and_delete() {
+    let cluster = Cluster::start(Options::default()).await.unwrap();
+    let scratch = Scratch::new();
+    let kubectl = Kubectl::new(&cluster, &scratch, "kubesim-admin", &["system:masters"]);
+
+    let namespaces = kubectl.ok(&["get", "namespaces", "-o", "name"]).await;
+    assert!(namespaces.lines().any(|l| l == "namespace/kube-system"), "{namespaces}");
+    let roles = kubectl.ok(&["get", "clusterroles", "-o", "name"]).await;
+    for role in [
+        "cluster-admin",
+        "system:discovery",
+        "system:basic-user",
+        "system:auth-delegator",
+        "view",
+    ] {
+        assert!(
+            roles
+                .lines()
+                .any(|l| l == format!("clusterrole.rbac.authorization.k8s.io/{role}")),
+            "{role} in {roles}"
+        );
+    }
+
+    // Deployment: create, update, no-op, delete.
+    let file = scratch.write("deployment.yaml", &deployment(2));
+    assert_eq!(
+        kubectl.ok(&["apply", "-f", &file]).await.trim(),
+        "deployment.apps/web created"
+    );
+    assert_eq!(
+        kubectl
+            .ok(&["get", "deployment", "web", "-o", "jsonpath={.spec.replicas}"])
+            .await,
+        "2"
+    );
+    assert_eq!(
+        kubectl.ok(&["apply", "-f", &file]).await.trim(),
+        "deployment.apps/web unchanged"
+    );
+    scratch.write("deployment.yaml", &deployment(3));
+    assert_eq!(
+        kubectl.ok(&["apply", "-f", &file]).await.trim(),
+        "deployment.apps/web configured"
+    );
+    assert_eq!(
+        kubectl
+            .ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"])
+            .await,
+        "3"
+    );
+    let listed = kubectl.ok(&["get", "deployments", "-l", "app=web", "-o", "name"]).await;
+    assert_eq!(listed.trim(), "deployment.apps/web");
+
+    // A pod, as its own object.
+    let pod = scratch.write("pod.yaml", POD);
+    assert_eq!(kubectl.ok(&["apply", "-f", &pod]).await.trim(), "pod/solo created");
+    assert!(kubectl
+        .ok(&["get", "pods"])
+        .await
+        .lines()
+        .any(|l| l.starts_with("solo ")));
+    let deleted = kubectl.ok(&["delete", "-f", &pod, "--grace-period=0", "--force"]).await;
+    assert_eq!(deleted.trim(), r#"pod "solo" force deleted"#);
+
+    // A CRD, then its objects.
+    let crd = scratch.write("crd.yaml", WIDGET_CRD);
+    assert_eq!(
+        kubectl.ok(&["apply", "-f", &crd]).await.trim(),
+        "customresourcedefinition.apiextensions.k8s.io/widgets.kubesim.test created"
+    );
+    let w = scratch.write("widget.yaml", &widget(3));
+    assert_eq!(
+        kubectl.ok(&["apply", "-f", &w]).await.trim(),
+        "widget.kubesim.test/w1 created"
+    );
+    scratch.write("widget.yaml", &widget(5));
+    assert_eq!(
+        kubectl.ok(&["apply", "-f", &w]).await.trim(),
+        "widget.kubesim.test/w1 configured"
+    );
+    let table = kubectl.ok(&["get", "widgets"]).await;
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "SIZE", "COLOR", "AGE"], "printer columns: {table}");
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    // No color: a blank cell, as kube-apiserver's CRD printer leaves it.
+    assert_eq!((row.len(), &row[..2]), (3, &["w1", "5"][..]), "{table}");
+    assert!(row[2].ends_with('s'), "an age: {table}");
+    let invalid = scratch.write(
+        "invalid.yaml",
+        "apiVersion: kubesim.test/v1\nkind: Widget\nmetadata:\n  name: w2\nspec:\n  size: huge\n",
+    );
+    assert!(kubectl.fails(&["apply", "-f", &invalid]).await.contains("is invalid"));
+
+    assert_eq!(
+        kubectl.ok(&["delete", "-f", &w]).await.trim(),
+        r#"widget.kubesim.test "w1" deleted"#
+    );
+    assert_eq!(
+        kubectl.ok(&["delete", "-f", &file]).await.trim(),
+        r#"deployment.apps "web" deleted"#
+    );
+    let missing = kubectl.fails(&["get", "deployment", "web"]).await;
+    assert_eq!(
+        missing.trim(),
+        r#"Error from server (NotFound): deployments.apps "web" not found"#
+    );
+    assert_eq!(
+        kubectl.ok(&["delete", "-f", &crd]).await.trim(),
+        r#"customresourcedefinition.apiextensions.k8s.io "widgets.kubesim.test" deleted"#
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_watch_streams_changes() {
+    let cluster = Cluster::start(Options::default()).await.unwrap();
+    let scratch = Scratch::new();
+    let kubectl = Kubectl::new(&cluster, &scratch, "kubesim-admin", &["system:masters"]);
+    kubectl.ok(&["create", "configmap", "before"]).await;
+
+    let mut watch = kubectl
+        .command(&["get", "configmaps", "-w", "-o", "name"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let mut next = async || {
+        tokio::time::timeout(DEADLINE, lines.next_line())
+            .await
+            .expect("a watch line in time")
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(next().await, "configmap/before");
+    kubectl
+        .ok(&["create", "configmap", "during", "--from-literal=k=v"])
+        .await;
+    assert_eq!(next().await, "configmap/during");
+    kubectl.ok(&["label", "configmap", "before", "seen=yes"]).await;
+    assert_eq!(next().await, "configmap/before");
+    kubectl.ok(&["delete", "configmap", "during"]).await;
+    assert_eq!(next().await, "configmap/during");
+    watch.kill().await.unwrap();
+}
+
+const RBAC: &str = "apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: targets.api.shunt.dev
+spec:
+  group: api.shunt.dev
+  names: {kind: Target, plural: targets, singular: target}
+  scope: Namespaced
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: alice
+  namespace: shop
+rules:
+- apiGroups: ['']
+  resources: [pods]
+  verbs: [get, list, watch]
+- apiGroups: [api.shunt.dev]
+  resources: [targets]
+  resourceNames: [deployment.api]
+  verbs: [steal]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: alice
+  namespace: shop
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: alice}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_can_i_answers_from_rbac() {
+    let cluster = Cluster::start(Options::default()).await.unwrap();
+    let scratch = Scratch::new();
+    let admin = Kubectl::new(&cluster, &scratch, "kubesim-admin", &["system:masters"]);
+    let alice = Kubectl::new(&cluster, &scratch, "alice", &["dev"]);
+    let can_i = async |args: &[&str]| {
+        let run = alice.run(&[&["auth", "can-i"][..], args].concat()).await;
+        // kubectl exits 1 on "no"; both answers are on stdout.
+        assert_eq!(
+            run.ok,
+            run.stdout.trim() == "yes",
+            "{args:?}: {} {}",
+            run.stdout,
+            run.stderr
+        );
+        run.stdout.trim().to_owned()
+    };
+
+    assert_eq!(can_i(&["list", "pods", "-n", "shop"]).await, "no");
+    let forbidden = alice.fails(&["get", "pods", "-n", "default"]).await;
+    assert_eq!(
+        forbidden.trim(),
+        r#"Error from server (Forbidden): pods is forbidden: User "alice" cannot list resource "pods" in API group "" in the namespace "default""#
+    );
+
+    let rbac = scratch.write("rbac.yaml", RBAC);
+    admin.ok(&["apply", "-f", &rbac]).await;
+    assert_eq!(can_i(&["list", "pods", "-n", "shop"]).await, "yes");
+    assert_eq!(can_i(&["get", "pods/solo", "-n", "shop"]).await, "yes");
+    assert_eq!(can_i(&["delete", "pods", "-n", "shop"]).await, "no");
+    assert_eq!(can_i(&["list", "pods", "-n", "default"]).await, "no");
+    assert_eq!(can_i(&["get", "pods", "--subresource=log", "-n", "shop"]).await, "no");
+    assert_eq!(
+        can_i(&["steal", "targets.api.shunt.dev/deployment.api", "-n", "shop"]).await,
+        "yes"
+    );
+    assert_eq!(
+        can_i(&["steal", "targets.api.shunt.dev/deployment.web", "-n", "shop"]).await,
+        "no"
+    );
+    assert_eq!(
+        can_i(&["steal", "targets/deployment.api", "-n", "shop"]).await,
+        "yes",
+        "the group comes from discovery"
+    );
+    assert_eq!(
+        can_i(&["get", "targets.api.shunt.dev/deployment.api", "-n", "shop"]).await,
+        "no"
+    );
+    assert_eq!(can_i(&["get", "/healthz"]).await, "yes");
+    assert_eq!(can_i(&["get", "/metrics"]).await, "no");
+    assert_eq!(
+        can_i(&["create", "selfsubjectaccessreviews.authorization.k8s.io"]).await,
+        "yes"
+    );
+    assert_eq!(alice.ok(&["get", "pods", "-n", "shop", "-o", "name"]).await, "");
+
+    let list = alice.ok(&["auth", "can-i", "--list", "-n", "shop"]).await;
+    let row = |resource: &str| {
+        list.lines()
+            .find(|l| l.split_whitespace().next() == Some(resource))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+    };
+    assert_eq!(
+        row("targets.api.shunt.dev").unwrap(),
+        ["targets.api.shunt.dev", "[]", "[deployment.api]", "[steal]"],
+        "{list}"
+    );
+    assert_eq!(
+        row("pods").unwrap(),
+        ["pods", "[]", "[]", "[get", "list", "watch]"],
+        "{list}"
+    );
+    assert!(
+        list.lines().any(|l| l.contains("[/version]") && l.contains("[get]")),
+        "{list}"
+    );
+
+    let whoami = alice
+        .ok(&[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username} {.status.userInfo.groups}",
+        ])
+        .await;
+    assert_eq!(whoami, r#"alice ["dev","system:authenticated"]"#);
+    assert_eq!(
+        admin.ok(&["auth", "can-i", "steal", "anything"]).await.trim(),
+        "yes",
+        "system:masters may do anything"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_token_for_an_audience() {
+    let cluster = Cluster::start(Options::default()).await.unwrap();
+    let scratch = Scratch::new();
+    let kubectl = Kubectl::new(&cluster, &scratch, "kubesim-admin", &["system:masters"]);
+    kubectl.ok(&["create", "serviceaccount", "web"]).await;
+    let token = kubectl
+        .ok(&[
+            "create",
+            "token",
+            "web",
+            "--audience",
+            "shunt.dev/sidecar",
+            "--duration",
+            "10m",
+        ])
+        .await;
+    let token = token.trim();
+    assert!(!token.is_empty());
+
+    let review = |token: &str, audience: &str| {
+        format!(
+            r#"{{"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {{"token": "{token}", "audiences": ["{audience}"]}}}}"#
+        )
+    };
+    let ok = scratch.write("ok.json", &review(token, "shunt.dev/sidecar"));
+    let answer = kubectl
+        .ok(&[
+            "create",
+            "-f",
+            &ok,
+            "-o",
+            "jsonpath={.status.authenticated} {.status.user.username}",
+        ])
+        .await;
+    assert_eq!(answer, "true system:serviceaccount:default:web");
+    let wrong = scratch.write("wrong.json", &review(token, "someone-else"));
+    let answer = kubectl
+        .ok(&[
+            "create",
+            "-f",
+            &wrong,
+            "-o",
+            "jsonpath={.status.authenticated}: {.status.error}",
+        ])
+        .await;
+    assert_eq!(
+        answer,
+        r#"false: token audiences ["shunt.dev/sidecar"] is invalid for the target audiences ["someone-else"]"#
+    );
+
+    let too_short = kubectl.fails(&["create", "token", "web", "--duration", "5m"]).await;
+    assert!(
+        too_short.contains("may not specify a duration less than 10 minutes"),
+        "{too_short}"
+    );
+    let ghost = kubectl.fails(&["create", "token", "ghost"]).await;
+    assert!(ghost.contains(r#"serviceaccounts "ghost" not found"#), "{ghost}");
+
+    // A token for the API server's audience works as a kubectl credential.
+    let api_token = kubectl.ok(&["create", "token", "web"]).await;
+    let as_sa = scratch.0.join("sa.kubeconfig");
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&kubectl.kubeconfig).unwrap()).unwrap();
+    config["users"][0]["user"] = serde_json::json!({"token": api_token.trim()});
+    std::fs::write(&as_sa, config.to_string()).unwrap();
+    let sa = Kubectl {
+        kubeconfig: as_sa,
+        cache: scratch.0.join("sa.cache"),
+    };
+    let whoami = sa
+        .ok(&["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"])
+        .await;
+    assert_eq!(whoami, "system:serviceaccount:default:web");
+    assert_eq!(sa.run(&["auth", "can-i", "list", "secrets"]).await.stdout.trim(), "no");
+}
