@@ -48,6 +48,8 @@ pub struct Config {
     pub nft: PathBuf,
     /// Log as JSON lines (`SHUNT_LOG_FORMAT=json`, default) or human text (`text`).
     pub log_json: bool,
+    /// Runtime worker threads (`SHUNT_WORKERS`).
+    pub workers: usize,
 }
 
 /// The help text, printed by `--help`: the variables, their defaults and meaning.
@@ -71,6 +73,7 @@ Configuration (environment variables):
   SHUNT_LEASE_SECONDS  lifetime of a redirect element, renewed each second [default: 3]
   SHUNT_DRAIN_SECONDS  grace time for open connections on SIGTERM      [default: 5]
   SHUNT_NFT            the nft executable                              [default: nft]
+  SHUNT_WORKERS        proxy threads (a sidecar shares the pod's CPU)  [default: 2]
   SHUNT_LOG            tracing filter, e.g. info,shunt_sidecar=debug   [default: info]
   SHUNT_LOG_FORMAT     json | text                                     [default: json]
 
@@ -157,6 +160,10 @@ impl Config {
             ));
         }
         let drain_secs: u64 = parse_or("SHUNT_DRAIN_SECONDS", var("SHUNT_DRAIN_SECONDS"), 5)?;
+        let workers: usize = parse_or("SHUNT_WORKERS", var("SHUNT_WORKERS"), 2)?;
+        if !(1..=64).contains(&workers) {
+            return Err(err("SHUNT_WORKERS", &workers.to_string(), "must be 1..=64"));
+        }
         let log_json = match var("SHUNT_LOG_FORMAT").as_deref() {
             None | Some("json") => true,
             Some("text") => false,
@@ -175,6 +182,7 @@ impl Config {
             drain: Duration::from_secs(drain_secs),
             nft: var("SHUNT_NFT").map_or_else(|| PathBuf::from("nft"), PathBuf::from),
             log_json,
+            workers,
         })
     }
 }

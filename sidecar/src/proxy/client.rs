@@ -55,6 +55,9 @@ const STICKY_SLOTS: usize = 4;
 pub struct Sticky {
     clients: Clients,
     slots: Mutex<Vec<(Box<str>, http1::SendRequest<OutBody>)>>,
+    /// HTTP/2 client connections get their own HTTP/2 connection onwards per destination,
+    /// so the streams of different clients are driven by different tasks (cores).
+    h2: Mutex<Vec<(Box<str>, http2::SendRequest<OutBody>)>>,
 }
 
 impl Sticky {
@@ -63,6 +66,7 @@ impl Sticky {
         Sticky {
             clients,
             slots: Mutex::new(Vec::new()),
+            h2: Mutex::new(Vec::new()),
         }
     }
 
@@ -71,6 +75,19 @@ impl Sticky {
         slots.retain(|(_, s)| !s.is_closed());
         let i = slots.iter().position(|(d, s)| &**d == dest && s.is_ready())?;
         Some(slots.swap_remove(i).1)
+    }
+
+    fn h2(&self, dest: &str) -> Option<http2::SendRequest<OutBody>> {
+        let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+        h2.retain(|(_, s)| !s.is_closed());
+        h2.iter().find(|(d, _)| &**d == dest).map(|(_, s)| s.clone())
+    }
+
+    fn put_h2(&self, dest: &str, sender: http2::SendRequest<OutBody>) {
+        let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+        if h2.len() < STICKY_SLOTS && !h2.iter().any(|(d, _)| &**d == dest) {
+            h2.push((dest.into(), sender));
+        }
     }
 
     fn put(&self, dest: &str, sender: http1::SendRequest<OutBody>) {
@@ -116,7 +133,7 @@ impl Clients {
     ) -> Result<Response<Incoming>, SendError> {
         match proto {
             Proto::Http1 => self.send_h1(dest, req, sticky).await,
-            Proto::Http2 => self.send_h2(dest, req).await,
+            Proto::Http2 => self.send_h2(dest, req, sticky).await,
         }
     }
 
@@ -197,10 +214,18 @@ impl Clients {
         }
     }
 
-    async fn send_h2(&self, dest: &str, req: Request<OutBody>) -> Result<Response<Incoming>, SendError> {
-        let cached = {
-            let pool = self.h2.lock().unwrap_or_else(|p| p.into_inner());
-            pool.get(dest).filter(|s| !s.is_closed()).cloned()
+    async fn send_h2(
+        &self,
+        dest: &str,
+        req: Request<OutBody>,
+        sticky: Option<&Sticky>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let cached = match sticky {
+            Some(sticky) => sticky.h2(dest),
+            None => {
+                let pool = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+                pool.get(dest).filter(|s| !s.is_closed()).cloned()
+            }
         };
         let mut sender = match cached {
             Some(sender) => sender,
@@ -223,8 +248,13 @@ impl Clients {
                         tracing::debug!(%error, "upstream HTTP/2 connection ended");
                     }
                 });
-                let mut pool = self.h2.lock().unwrap_or_else(|p| p.into_inner());
-                pool.insert(dest.to_owned(), sender.clone());
+                match sticky {
+                    Some(sticky) => sticky.put_h2(dest, sender.clone()),
+                    None => {
+                        let mut pool = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+                        pool.insert(dest.to_owned(), sender.clone());
+                    }
+                }
                 sender
             }
         };

@@ -46,7 +46,7 @@ impl ConnInfo {
     }
 
     fn sticky(&self) -> Option<&Sticky> {
-        (self.proto == Proto::Http1).then_some(&self.sticky)
+        Some(&self.sticky)
     }
 }
 
