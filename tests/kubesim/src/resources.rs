@@ -310,6 +310,15 @@ impl Registry {
             .cloned()
     }
 
+    /// The types served in `group/version`.
+    pub fn group_version(&self, group: &str, version: &str) -> Vec<Arc<ResourceType>> {
+        self.read()
+            .iter()
+            .filter(|t| t.group == group && t.version == version)
+            .cloned()
+            .collect()
+    }
+
     /// Every served type.
     pub fn all(&self) -> Vec<Arc<ResourceType>> {
         self.read().clone()

@@ -16,6 +16,15 @@ pub struct ApiError {
     pub details: Option<Value>,
 }
 
+/// `plural.group` as kube-apiserver names a resource in messages (`pods`, `deployments.apps`).
+fn qualified(group: &str, plural: &str) -> String {
+    if group.is_empty() {
+        plural.to_owned()
+    } else {
+        format!("{plural}.{group}")
+    }
+}
+
 impl ApiError {
     /// A new error.
     pub fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> ApiError {
@@ -29,11 +38,7 @@ impl ApiError {
 
     /// 404 for `kind`/`name` in `group`.
     pub fn not_found(group: &str, plural: &str, name: &str) -> ApiError {
-        let resource = if group.is_empty() {
-            plural.to_owned()
-        } else {
-            format!("{plural}.{group}")
-        };
+        let resource = qualified(group, plural);
         ApiError {
             details: Some(json!({"name": name, "group": group, "kind": plural})),
             ..ApiError::new(
@@ -46,11 +51,7 @@ impl ApiError {
 
     /// 409 AlreadyExists.
     pub fn already_exists(group: &str, plural: &str, name: &str) -> ApiError {
-        let resource = if group.is_empty() {
-            plural.to_owned()
-        } else {
-            format!("{plural}.{group}")
-        };
+        let resource = qualified(group, plural);
         ApiError {
             details: Some(json!({"name": name, "group": group, "kind": plural})),
             ..ApiError::new(
@@ -63,11 +64,7 @@ impl ApiError {
 
     /// 409 Conflict on a stale resourceVersion.
     pub fn conflict(group: &str, plural: &str, name: &str) -> ApiError {
-        let resource = if group.is_empty() {
-            plural.to_owned()
-        } else {
-            format!("{plural}.{group}")
-        };
+        let resource = qualified(group, plural);
         ApiError::new(
             StatusCode::CONFLICT,
             "Conflict",

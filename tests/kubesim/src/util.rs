@@ -31,6 +31,21 @@ pub fn timestamp(t: SystemTime) -> String {
     )
 }
 
+/// `lastTransitionTime` for condition `kind` now at `status` ("True"/"False"): kept from
+/// the `old` status when the condition did not change, so a pass that changes nothing
+/// writes nothing.
+pub fn transition_time(old: &serde_json::Value, kind: &str, status: &str) -> serde_json::Value {
+    let previous = old["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == kind);
+    match previous {
+        Some(c) if c["status"] == status => c["lastTransitionTime"].clone(),
+        _ => serde_json::Value::String(now()),
+    }
+}
+
 /// A random UUID (version 4 layout).
 pub fn uid() -> String {
     let b: [u8; 16] = rand::rng().random();

@@ -235,15 +235,7 @@ pub async fn delete_pod(api: &Api, pod: &Value) {
 /// (so a pass that changes nothing writes nothing).
 pub fn condition(old: &Value, kind: &str, status: bool, reason: &str, message: &str) -> Value {
     let status = if status { "True" } else { "False" };
-    let previous = old["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["type"] == kind);
-    let since = match previous {
-        Some(c) if c["status"] == status => c["lastTransitionTime"].clone(),
-        _ => json!(crate::util::now()),
-    };
+    let since = crate::util::transition_time(old, kind, status);
     json!({"type": kind, "status": status, "reason": reason, "message": message, "lastTransitionTime": since, "lastUpdateTime": since})
 }
 

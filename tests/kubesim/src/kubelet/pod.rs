@@ -279,15 +279,7 @@ impl PodRun {
         let old = &self.written;
         let cond = |kind: &str, ok: bool| {
             let status = if ok { "True" } else { "False" };
-            let previous = old["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|c| c["type"] == kind);
-            let since = match previous {
-                Some(c) if c["status"] == status => c["lastTransitionTime"].clone(),
-                _ => json!(crate::util::now()),
-            };
+            let since = crate::util::transition_time(old, kind, status);
             json!({"type": kind, "status": status, "lastProbeTime": null, "lastTransitionTime": since})
         };
         let inits = self.ctrs.iter().filter(|c| c.kind != Kind::Main).count();

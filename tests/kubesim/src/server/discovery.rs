@@ -69,12 +69,7 @@ fn group(name: &str, versions: &[String]) -> Value {
 }
 
 fn resources(api: &Api, group: &str, version: &str) -> Option<Value> {
-    let types: Vec<_> = api
-        .registry
-        .all()
-        .into_iter()
-        .filter(|t| t.group == group && t.version == version)
-        .collect();
+    let types = api.registry.group_version(group, version);
     if types.is_empty() {
         return None;
     }

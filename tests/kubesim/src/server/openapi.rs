@@ -83,12 +83,7 @@ fn schema_name(t: &ResourceType) -> String {
 
 /// The document of one group-version.
 pub fn group_version(api: &Api, group: &str, version: &str) -> Option<Value> {
-    let types: Vec<_> = api
-        .registry
-        .all()
-        .into_iter()
-        .filter(|t| t.group == group && t.version == version)
-        .collect();
+    let types = api.registry.group_version(group, version);
     if types.is_empty() {
         return None;
     }
