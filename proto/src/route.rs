@@ -53,17 +53,27 @@ pub struct Route {
     pub upstream: Upstream,
 }
 
-/// The destination of a route: an `http://host:port` address the sidecar can dial.
+/// The destination of a route.
+///
+/// Written as a string: `http://host:port` for an address the sidecar dials itself, or
+/// `hub` for routes of operator sessions, whose requests travel over the sidecar's
+/// connection to the operator (see [`crate::hub`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct Upstream {
-    authority: http::uri::Authority,
+pub enum Upstream {
+    /// An address the sidecar dials (`http://host:port`).
+    Http(http::uri::Authority),
+    /// The operator, over the sidecar's hub connection.
+    Hub,
 }
 
 impl Upstream {
-    /// `host:port`, as dialled and as sent in the `Host` of HTTP/1.1 requests.
-    pub fn authority(&self) -> &http::uri::Authority {
-        &self.authority
+    /// `host:port` of an [`Upstream::Http`], as dialled and as sent in `Host`; `None` for the hub.
+    pub fn authority(&self) -> Option<&http::uri::Authority> {
+        match self {
+            Upstream::Http(authority) => Some(authority),
+            Upstream::Hub => None,
+        }
     }
 }
 
@@ -85,6 +95,9 @@ impl std::str::FromStr for Upstream {
     type Err = RouteError;
 
     fn from_str(text: &str) -> Result<Self, RouteError> {
+        if text == "hub" {
+            return Ok(Upstream::Hub);
+        }
         let bad = |why: &str| RouteError::Upstream {
             upstream: text.to_owned(),
             why: why.to_owned(),
@@ -100,13 +113,16 @@ impl std::str::FromStr for Upstream {
         if authority.port_u16().is_none() {
             return Err(bad("missing port, e.g. http://10.0.0.1:9000"));
         }
-        Ok(Upstream { authority })
+        Ok(Upstream::Http(authority))
     }
 }
 
 impl fmt::Display for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}", self.authority)
+        match self {
+            Upstream::Http(authority) => write!(f, "http://{authority}"),
+            Upstream::Hub => f.write_str("hub"),
+        }
     }
 }
 

@@ -143,10 +143,11 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, ports: 
         Ok(Protocol::Http1) => Proto::Http1,
         Ok(Protocol::Http2) => Proto::Http2,
         Ok(Protocol::Other) => {
-            // Not HTTP: it belongs to an unfiltered steal if there is one, else to the app.
+            // Not HTTP: it belongs to an unfiltered steal to an address if there is one,
+            // else to the app (the hub protocol carries HTTP only).
             shared.metrics.tcp_passthrough.inc();
-            let dest = match routes.unfiltered_steal() {
-                Some(route) => route.route.upstream.authority().as_str(),
+            let dest = match routes.unfiltered_steal().and_then(|r| r.route.upstream.authority()) {
+                Some(authority) => authority.as_str(),
                 None => shared.app_authority(port),
             };
             return tcp::pass_through(stream, dest).await;

@@ -201,7 +201,11 @@ fn mirror(shared: &Arc<Shared>, conn: &ConnInfo, routes: &PortRoutes, req: &mut 
         let (shared, route, proto) = (shared.clone(), route.clone(), conn.proto);
         tokio::spawn(async move {
             let _permit = permit;
-            let dest = route.route.upstream.authority().as_str();
+            let Some(dest) = route.route.upstream.authority().map(|a| a.as_str()) else {
+                // Hub routes need the operator connection, which this sidecar does not have.
+                route.counters.mirror_dropped.inc();
+                return;
+            };
             match shared.clients.send(dest, proto, copy, None).await {
                 Ok(resp) => {
                     route.counters.mirror_sent.inc();
@@ -247,8 +251,13 @@ async fn to_upstream(
     route: &ActiveRoute,
     req: Request<OutBody>,
 ) -> Response<OutBody> {
-    let dest = route.route.upstream.authority().as_str();
-    match send(shared, conn, dest, req).await {
+    let result = match route.route.upstream.authority() {
+        Some(dest) => send(shared, conn, dest.as_str(), req).await,
+        // Hub routes need the operator connection, which this sidecar does not have: the
+        // request is intact, so the app serves it.
+        None => Err(SendError::Unsent(Box::new(req), "no connection to the operator".into())),
+    };
+    match result {
         Ok(resp) => {
             route.counters.stolen.inc();
             resp

@@ -1,0 +1,39 @@
+//! The hub protocol between sidecars and the operator.
+//!
+//! The sidecar dials the operator's hub endpoint over TLS and speaks HTTP/2 as the
+//! **client** (the side that sends requests is the client, whoever dialled):
+//!
+//! 1. `GET` [`ROUTES_PATH`] with `authorization: Bearer <projected token>` (audience
+//!    [`crate::names::SIDECAR_TOKEN_AUDIENCE`]) and [`HEADER_POD`] `namespace/name`.
+//!    The operator checks the token with a TokenReview, that the token is bound to that
+//!    pod, and that the pod is live and labelled `shunt.dev/injected=true`; anything else
+//!    gets 401/403 with a Status-like JSON body. The answer (200,
+//!    `application/x-ndjson`) never ends while the sidecar is wanted: each line is a full
+//!    routes document ([`crate::route::RouteSet::from_json`] form) replacing the previous
+//!    one, like a Kubernetes watch; a line `{"routes": []}` makes the sidecar dormant.
+//!    Routes of sessions have `upstream: "hub"`.
+//! 2. Each request a `hub` route steals or mirrors is sent as its own HTTP/2 request on
+//!    the same connection: the original method, path, query, headers, body and trailers,
+//!    plus [`crate::names::HOP_HEADER_SESSION`] (the route id = session name) and
+//!    [`crate::names::HOP_HEADER_POD`]. The operator relays it to the session's CLI and
+//!    streams the answer back. If the session has no CLI connected, the operator answers
+//!    503 with [`HEADER_UNAVAILABLE`] *before reading the body*, and the sidecar serves
+//!    the request from the app if it still has the body (fail-open).
+//!
+//! The HTTP/2 connection's own keep-alive PINGs detect a dead peer; the sidecar redials
+//! with back-off and keeps its routes only until their lease runs out (a sidecar cut off
+//! from the operator drifts back to dormant by itself).
+
+/// Path of the route watch.
+pub const ROUTES_PATH: &str = "/hub/v1/routes";
+/// Request header naming the sidecar's pod as `namespace/name`.
+pub const HEADER_POD: &str = "shunt-pod";
+/// Response header on a 503 that means "nobody takes this session's requests now; the
+/// body was not read: serve it from the app".
+pub const HEADER_UNAVAILABLE: &str = "shunt-unavailable";
+/// Version of this protocol, sent by both sides as [`HEADER_PROTOCOL`].
+pub const PROTOCOL_VERSION: &str = "1";
+/// Header carrying [`PROTOCOL_VERSION`].
+pub const HEADER_PROTOCOL: &str = "shunt-protocol";
+/// Default port of the operator's hub endpoint.
+pub const DEFAULT_HUB_PORT: u16 = 15443;
