@@ -1,28 +1,23 @@
-//! Test 4 of the webhook issue: HTTPS end to end in mode `self` against the fake API
-//! server. Clients trust only the published `caBundle` (as kube-apiserver does) and send
+//! Test 4 of the webhook issue: HTTPS end to end in mode `self` against kubesim, the
+//! test cluster. Clients trust only the published `caBundle` (as kube-apiserver does) and send
 //! AdmissionReviews over HTTP/1.1 and HTTP/2; the certificate rotates (short validity)
 //! while they do, and no request fails, without a restart.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, missing_docs)]
 
 mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use serde_json::json;
 use shunt_webhook::metrics::{Metrics, Outcome};
-use support::fake_api::{FakeApi, CONFIGS};
+use support::cluster::TestCluster;
 use support::https::connect;
 
 const NAME: &str = "shunt-webhook.shunt-system.svc";
 
-fn bundle(api: &FakeApi) -> Vec<u8> {
-    let config = api.get(CONFIGS, "shunt-webhook").unwrap();
-    let b64 = config["webhooks"][0]["clientConfig"]["caBundle"]
-        .as_str()
-        .unwrap_or_default();
-    base64::engine::general_purpose::STANDARD.decode(b64).unwrap()
+async fn bundle(test: &TestCluster) -> Vec<u8> {
+    test.ca_bundles().await.swap_remove(0)
 }
 
 fn cas(bundle: &[u8]) -> usize {
@@ -31,8 +26,7 @@ fn cas(bundle: &[u8]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reviews_over_http1_and_http2_keep_succeeding_across_a_certificate_rotation() {
-    let api = FakeApi::start().await;
-    api.insert(CONFIGS, support::webhook_configuration());
+    let test = TestCluster::start().await;
     // Valid 14 s, renewed 8 s before expiry, 2 s overlaps: stage at ~6 s, switch at ~8 s,
     // old CA dropped at ~10 s (the next rotation would stage at ~12 s).
     let settings = support::settings(&[
@@ -53,16 +47,19 @@ async fn reviews_over_http1_and_http2_keep_succeeding_across_a_certificate_rotat
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(shunt_webhook::run_with(
         settings,
-        Some(api.client()),
+        Some(test.admin.clone()),
         listener,
         metrics.clone(),
         async {
             let _ = stopped.await;
         },
     ));
-    support::eventually(10, "the caBundle published", || cas(&bundle(&api)) == 1).await;
+    support::eventually(10, "the caBundle published", || async {
+        cas(&bundle(&test).await) == 1
+    })
+    .await;
 
-    let first_bundle = bundle(&api);
+    let first_bundle = bundle(&test).await;
     let mut h1 = connect(addr, &first_bundle, NAME, false).await.unwrap();
     let mut h2 = connect(addr, &first_bundle, NAME, true).await.unwrap();
     let first_leaf = h1.peer_leaf.clone();
@@ -73,7 +70,7 @@ async fn reviews_over_http1_and_http2_keep_succeeding_across_a_certificate_rotat
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
         if cached.0.elapsed() >= Duration::from_secs(1) {
-            cached = (Instant::now(), bundle(&api));
+            cached = (Instant::now(), bundle(&test).await);
         }
         saw_both_cas |= cas(&cached.1) == 2;
         let review = support::review(&format!("uid-{rounds}"), "team", &pod);
@@ -98,7 +95,7 @@ async fn reviews_over_http1_and_http2_keep_succeeding_across_a_certificate_rotat
         }
         leaves.insert(fresh.peer_leaf.clone());
         rounds += 1;
-        if fresh.peer_leaf != first_leaf && saw_both_cas && cas(&bundle(&api)) == 1 {
+        if fresh.peer_leaf != first_leaf && saw_both_cas && cas(&bundle(&test).await) == 1 {
             break;
         }
         assert!(
@@ -111,7 +108,7 @@ async fn reviews_over_http1_and_http2_keep_succeeding_across_a_certificate_rotat
     assert_eq!(metrics.reviews(Outcome::injected), 3 * rounds);
 
     // Health and metrics on the same server, never restarted.
-    let mut conn = connect(addr, &bundle(&api), NAME, true).await.unwrap();
+    let mut conn = connect(addr, &bundle(&test).await, NAME, true).await.unwrap();
     assert_eq!(conn.send("GET", "/healthz", Vec::new()).await.unwrap().0, 200);
     assert_eq!(conn.send("GET", "/readyz", Vec::new()).await.unwrap().0, 200);
     let (status, text) = conn.send("GET", "/metrics", Vec::new()).await.unwrap();

@@ -1,9 +1,7 @@
-//! Mode `self` against the in-process fake API server: the Secret is created once however
-//! many replicas start together, a broken Secret is replaced, a deleted one recreated, the
+//! Mode `self` against kubesim, the test cluster: the Secret is created once however many
+//! replicas start together, a broken Secret is replaced, a deleted one recreated, the
 //! `caBundle` kept correct, and changes are picked up by the watch without a restart.
-//!
-//! To move to `tests/kubesim` once the test cluster exists.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, missing_docs)]
 
 mod support;
 
@@ -11,16 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use serde_json::{json, Value};
+use http::{Method, StatusCode};
+use kube::api::{DeleteParams, PostParams};
+use serde_json::Value;
 use shunt_webhook::certs::self_managed::{SelfManaged, SelfSettings};
 use shunt_webhook::config::CertSource;
 use shunt_webhook::metrics::Metrics;
 use shunt_webhook::tls::CertStore;
-use support::fake_api::{secrets, FakeApi, CONFIGS};
-use support::{eventually, webhook_configuration};
-
-const NS: &str = "shunt-system";
-const SECRET: &str = "shunt-webhook-tls";
+use support::cluster::{data, Recorder, TestCluster, CONFIG, NS, SECRET};
+use support::eventually;
 
 fn self_settings(extra: &[&str]) -> SelfSettings {
     let mut argv = vec!["--namespace", NS, "--resync-interval", "1h"];
@@ -31,31 +28,13 @@ fn self_settings(extra: &[&str]) -> SelfSettings {
     }
 }
 
-fn replica(api: &FakeApi, settings: &SelfSettings) -> (SelfManaged, Arc<CertStore>) {
+fn replica(client: kube::Client, settings: &SelfSettings) -> (SelfManaged, Arc<CertStore>) {
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(CertStore::new(metrics.clone()));
     (
-        SelfManaged::new(api.client(), settings.clone(), store.clone(), metrics),
+        SelfManaged::new(client, settings.clone(), store.clone(), metrics),
         store,
     )
-}
-
-fn data(secret: &Value, key: &str) -> Vec<u8> {
-    let b64 = secret["data"][key].as_str().unwrap_or_default();
-    base64::engine::general_purpose::STANDARD.decode(b64).unwrap()
-}
-
-fn ca_bundles(api: &FakeApi) -> Vec<Vec<u8>> {
-    let config = api.get(CONFIGS, "shunt-webhook").unwrap();
-    config["webhooks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| {
-            let b64 = w["clientConfig"]["caBundle"].as_str().unwrap_or_default();
-            base64::engine::general_purpose::STANDARD.decode(b64).unwrap()
-        })
-        .collect()
 }
 
 fn served(store: &CertStore) -> Vec<u8> {
@@ -64,23 +43,29 @@ fn served(store: &CertStore) -> Vec<u8> {
 
 #[tokio::test]
 async fn replicas_starting_at_once_end_with_one_secret_and_serve_the_same_certificate() {
-    let api = FakeApi::start().await;
-    api.insert(CONFIGS, webhook_configuration());
-    // Every create waits, so all replicas see "no Secret" before the first create lands.
-    api.set_create_delay(Duration::from_millis(200));
+    let test = TestCluster::start().await;
+    // Every replica's read of the Secret is answered ("not found") at once but handed to
+    // it 200 ms later, so all five decide to create before the first create lands.
+    let recorder = Recorder::default();
+    let secret_path = format!("/api/v1/namespaces/{NS}/secrets");
+    recorder.hold_reads(&format!("{secret_path}/{SECRET}"), Duration::from_millis(200));
     let settings = self_settings(&[]);
-    let replicas: Vec<_> = (0..5).map(|_| replica(&api, &settings)).collect();
+    let mut replicas = Vec::new();
+    for _ in 0..5 {
+        replicas.push(replica(test.recorded_client(&recorder).await, &settings));
+    }
     let results = futures_util::future::join_all(replicas.iter().map(|(r, _)| r.reconcile())).await;
     for result in results {
         result.unwrap();
     }
-    assert_eq!(api.count(&secrets(NS)), 1);
+    let all = test.secrets().list(&Default::default()).await.unwrap();
+    assert_eq!(all.items.len(), 1, "one Secret in {NS}");
     // Normally all five try to create and four lose; under heavy load a late replica may
     // find the Secret already there. Either way: every loser re-read, one Secret remains.
-    let posts = api.counter(&format!("POST {}", secrets(NS)));
+    let posts = recorder.count(&Method::POST, &secret_path, None);
     assert!(posts >= 2, "the race was not exercised ({posts} creates)");
     assert_eq!(
-        api.counter(&format!("409 {}", secrets(NS))),
+        recorder.count(&Method::POST, &secret_path, Some(StatusCode::CONFLICT)),
         posts - 1,
         "every losing create got 409"
     );
@@ -88,12 +73,12 @@ async fn replicas_starting_at_once_end_with_one_secret_and_serve_the_same_certif
     for (_, store) in &replicas {
         assert_eq!(served(store), first);
     }
-    let secret = api.get(&secrets(NS), SECRET).unwrap();
+    let secret = test.secret().await.unwrap();
     assert_eq!(secret["type"], "kubernetes.io/tls");
     assert!(secret["data"].get("ca.key").is_none(), "the CA key is never stored");
     let bundle = data(&secret, "ca-bundle.crt");
     assert_eq!(
-        ca_bundles(&api),
+        test.ca_bundles().await,
         vec![bundle.clone(), bundle.clone()],
         "both webhooks get the bundle"
     );
@@ -121,17 +106,16 @@ async fn replicas_starting_at_once_end_with_one_secret_and_serve_the_same_certif
 
 #[tokio::test]
 async fn a_secret_without_a_usable_certificate_is_replaced_keeping_its_metadata() {
-    let api = FakeApi::start().await;
-    api.insert(CONFIGS, webhook_configuration());
-    api.insert(
-        &secrets(NS),
-        json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-            "metadata": {"name": SECRET, "namespace": NS, "labels": {"team": "platform"}},
-            "data": {"tls.crt": "Z2FyYmFnZQ==", "tls.key": "Z2FyYmFnZQ=="}}),
-    );
-    let (source, store) = replica(&api, &self_settings(&[]));
+    let test = TestCluster::start().await;
+    let garbage = serde_json::from_value(serde_json::json!({
+        "type": "kubernetes.io/tls",
+        "metadata": {"name": SECRET, "labels": {"team": "platform"}},
+        "data": {"tls.crt": "Z2FyYmFnZQ==", "tls.key": "Z2FyYmFnZQ=="}}))
+    .unwrap();
+    test.secrets().create(&PostParams::default(), &garbage).await.unwrap();
+    let (source, store) = replica(test.admin.clone(), &self_settings(&[]));
     source.reconcile().await.unwrap();
-    let secret = api.get(&secrets(NS), SECRET).unwrap();
+    let secret = test.secret().await.unwrap();
     assert_eq!(secret["metadata"]["labels"]["team"], "platform");
     assert_eq!(data(&secret, "tls.crt"), pem_of(&served(&store)));
 }
@@ -142,36 +126,34 @@ fn pem_of(der: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn the_watch_recreates_a_deleted_secret_restores_the_ca_bundle_and_serves_outside_changes() {
-    let api = FakeApi::start().await;
-    api.insert(CONFIGS, webhook_configuration());
-    let (source, store) = replica(&api, &self_settings(&[]));
+    let test = TestCluster::start().await;
+    let (source, store) = replica(test.admin.clone(), &self_settings(&[]));
     source.reconcile().await.unwrap();
     let first = served(&store);
     // The resync is an hour: only watch events can explain what follows.
     let task = tokio::spawn(source.run());
 
-    api.delete(&secrets(NS), SECRET);
-    eventually(10, "a new Secret served", || {
-        api.get(&secrets(NS), SECRET).is_some() && store.current().is_some_and(|c| c.key.cert[0].to_vec() != first)
+    test.secrets().delete(SECRET, &DeleteParams::default()).await.unwrap();
+    eventually(10, "a new Secret served", || async {
+        test.secret().await.is_some() && store.current().is_some_and(|c| c.key.cert[0].to_vec() != first)
     })
     .await;
-    let secret = api.get(&secrets(NS), SECRET).unwrap();
-    eventually(10, "caBundle of the new CA", || {
-        ca_bundles(&api)
-            .iter()
-            .all(|b| *b == data(&api.get(&secrets(NS), SECRET).unwrap(), "ca-bundle.crt"))
+    let secret = test.secret().await.unwrap();
+    eventually(10, "caBundle of the new CA", || async {
+        let bundle = data(&test.secret().await.unwrap(), "ca-bundle.crt");
+        test.ca_bundles().await.iter().all(|b| *b == bundle)
     })
     .await;
 
     // `helm upgrade` resets the caBundle: it is put back.
-    let mut config = api.get(CONFIGS, "shunt-webhook").unwrap();
-    config["webhooks"][1]["clientConfig"]
-        .as_object_mut()
-        .unwrap()
-        .remove("caBundle");
-    api.update(CONFIGS, config);
-    eventually(10, "caBundle restored", || {
-        ca_bundles(&api)[1] == data(&secret, "ca-bundle.crt")
+    let mut config = test.configs().get(CONFIG).await.unwrap();
+    config.webhooks.as_mut().unwrap()[1].client_config.ca_bundle = None;
+    test.configs()
+        .replace(CONFIG, &PostParams::default(), &config)
+        .await
+        .unwrap();
+    eventually(10, "caBundle restored", || async {
+        test.ca_bundles().await[1] == data(&secret, "ca-bundle.crt")
     })
     .await;
 
@@ -182,22 +164,27 @@ async fn the_watch_recreates_a_deleted_secret_restores_the_ca_bundle_and_serves_
         86_400,
     )
     .unwrap();
-    let mut secret = api.get(&secrets(NS), SECRET).unwrap();
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    secret["data"]["tls.crt"] = b64(&material.cert_pem).into();
-    secret["data"]["tls.key"] = b64(&material.key_pem).into();
-    secret["data"]["ca.crt"] = b64(&material.ca_pem).into();
-    api.update(&secrets(NS), secret);
-    eventually(10, "the outside certificate served", || {
+    let mut secret = test.secret().await.unwrap();
+    let b64 = |s: &str| Value::from(base64::engine::general_purpose::STANDARD.encode(s));
+    secret["data"]["tls.crt"] = b64(&material.cert_pem);
+    secret["data"]["tls.key"] = b64(&material.key_pem);
+    secret["data"]["ca.crt"] = b64(&material.ca_pem);
+    let secret = serde_json::from_value(secret).unwrap();
+    test.secrets()
+        .replace(SECRET, &PostParams::default(), &secret)
+        .await
+        .unwrap();
+    eventually(10, "the outside certificate served", || async {
         store
             .current()
             .is_some_and(|c| pem_of(&c.key.cert[0]) == material.cert_pem.as_bytes())
     })
     .await;
     // Its CA was missing from the bundle: the Secret is repaired and the caBundle follows.
-    eventually(10, "the new CA published", || {
-        let ca = material.ca_pem.replace("\r\n", "\n");
-        ca_bundles(&api)
+    let ca = material.ca_pem.replace("\r\n", "\n");
+    eventually(10, "the new CA published", || async {
+        test.ca_bundles()
+            .await
             .iter()
             .all(|b| String::from_utf8_lossy(b).contains(ca.trim()))
     })
@@ -207,8 +194,17 @@ async fn the_watch_recreates_a_deleted_secret_restores_the_ca_bundle_and_serves_
 
 #[tokio::test]
 async fn api_errors_say_what_to_check() {
-    let api = FakeApi::start().await;
-    let (source, _) = replica(&api, &self_settings(&[]));
+    let test = TestCluster::start_with(kubesim::Options::default()).await;
+    // RBAC refuses a user nobody granted anything: the hint names the missing verbs.
+    let (source, _) = replica(test.client_as("nobody").await, &self_settings(&[]));
+    let err = source.reconcile().await.unwrap_err().to_string();
+    assert!(
+        err.contains("read Secret shunt-system/shunt-webhook-tls")
+            && err.contains("needs get, list, watch, create and update on secrets in namespace shunt-system"),
+        "{err}"
+    );
+
+    let (source, _) = replica(test.admin.clone(), &self_settings(&[]));
     let err = source.reconcile().await.unwrap_err().to_string();
     assert!(
         err.contains("MutatingWebhookConfiguration shunt-webhook") && err.contains("--webhook-config-name"),

@@ -1,9 +1,9 @@
 //! Helpers shared by the integration tests: the injection configuration, pod fixtures,
-//! the in-process fake Kubernetes API server and an HTTPS client that trusts only a CA
+//! the test cluster (kubesim, in-process) and an HTTPS client that trusts only a CA
 //! bundle.
 #![allow(dead_code, clippy::unwrap_used)]
 
-pub mod fake_api;
+pub mod cluster;
 pub mod https;
 
 use serde_json::{json, Value};
@@ -105,9 +105,13 @@ pub fn settings(argv: &[&str]) -> shunt_webhook::config::Settings {
 }
 
 /// Polls `check` every 20 ms until it is true or `seconds` pass.
-pub async fn eventually(seconds: u64, what: &str, mut check: impl FnMut() -> bool) {
+pub async fn eventually<F, Fut>(seconds: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(seconds);
-    while !check() {
+    while !check().await {
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
