@@ -50,7 +50,31 @@ pub struct Config {
     pub log_json: bool,
     /// Runtime worker threads (`SHUNT_WORKERS`).
     pub workers: usize,
+    /// The operator's hub as the route source (`SHUNT_OPERATOR_ADDR` and friends).
+    pub hub: Option<HubSettings>,
 }
+
+/// Where and how the sidecar reaches the operator's hub.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HubSettings {
+    /// `host:port` of the hub (`SHUNT_OPERATOR_ADDR`).
+    pub addr: String,
+    /// PEM CA bundle that signs the hub's certificate (`SHUNT_OPERATOR_CA`).
+    pub ca_file: Option<PathBuf>,
+    /// The TLS name the hub's certificate must carry (`SHUNT_OPERATOR_SERVER_NAME`).
+    pub server_name: String,
+    /// The projected ServiceAccount token, re-read on every connection (`SHUNT_TOKEN_FILE`).
+    pub token_file: PathBuf,
+    /// The pod's namespace (`SHUNT_POD_NAMESPACE`).
+    pub pod_namespace: String,
+    /// The pod's name (`SHUNT_POD_NAME`).
+    pub pod_name: String,
+}
+
+/// Default of `SHUNT_OPERATOR_SERVER_NAME`.
+pub const DEFAULT_OPERATOR_SERVER_NAME: &str = "shunt-operator";
+/// Default of `SHUNT_TOKEN_FILE` (where the webhook mounts the projected token).
+pub const DEFAULT_TOKEN_FILE: &str = "/var/run/secrets/shunt/token";
 
 /// The help text, printed by `--help`: the variables, their defaults and meaning.
 pub const HELP: &str = "\
@@ -70,6 +94,15 @@ Configuration (environment variables):
   SHUNT_POD_IP         address to bind listeners to                    [default: all]
   SHUNT_APP_HOST       where the app listens      [default: SHUNT_POD_IP or 127.0.0.1]
   SHUNT_ROUTES_FILE    JSON routes file, reloaded when it changes      [default: none]
+  SHUNT_OPERATOR_ADDR  host:port of the operator's hub: routes come from there
+                       (TLS, HTTP/2); exclusive with SHUNT_ROUTES_FILE [default: none]
+  SHUNT_OPERATOR_CA    PEM CA bundle trusted for the hub's certificate (required
+                       with SHUNT_OPERATOR_ADDR, else the sidecar stays dormant)
+  SHUNT_OPERATOR_SERVER_NAME  TLS name of the hub               [default: shunt-operator]
+  SHUNT_TOKEN_FILE     projected token (audience shunt.dev/sidecar), re-read on
+                       every connection        [default: /var/run/secrets/shunt/token]
+  SHUNT_POD_NAMESPACE  this pod's namespace        (required with SHUNT_OPERATOR_ADDR)
+  SHUNT_POD_NAME       this pod's name             (required with SHUNT_OPERATOR_ADDR)
   SHUNT_LEASE_SECONDS  lifetime of a redirect element, renewed each second [default: 3]
   SHUNT_DRAIN_SECONDS  grace time for open connections on SIGTERM      [default: 5]
   SHUNT_NFT            the nft executable                              [default: nft]
@@ -169,6 +202,49 @@ impl Config {
             Some("text") => false,
             Some(other) => return Err(err("SHUNT_LOG_FORMAT", other, "expected json or text")),
         };
+        let routes_file = var("SHUNT_ROUTES_FILE").map(PathBuf::from);
+        let hub = match var("SHUNT_OPERATOR_ADDR") {
+            None => None,
+            Some(_) if routes_file.is_some() => {
+                return Err(err(
+                    "SHUNT_OPERATOR_ADDR",
+                    &var("SHUNT_OPERATOR_ADDR").unwrap_or_default(),
+                    "routes come from one source at a time: unset SHUNT_ROUTES_FILE or SHUNT_OPERATOR_ADDR",
+                ))
+            }
+            Some(addr) => {
+                let addr = addr.trim().to_owned();
+                if addr
+                    .rsplit_once(':')
+                    .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+                {
+                    return Err(err(
+                        "SHUNT_OPERATOR_ADDR",
+                        &addr,
+                        "expected host:port, e.g. shunt-operator.shunt-system:15443",
+                    ));
+                }
+                let required = |name: &'static str| {
+                    var(name).map(|v| v.trim().to_owned()).ok_or_else(|| {
+                        err(
+                            name,
+                            "",
+                            "required with SHUNT_OPERATOR_ADDR (the webhook injects it from the pod's metadata)",
+                        )
+                    })
+                };
+                Some(HubSettings {
+                    addr,
+                    ca_file: var("SHUNT_OPERATOR_CA").map(PathBuf::from),
+                    server_name: var("SHUNT_OPERATOR_SERVER_NAME")
+                        .map_or_else(|| DEFAULT_OPERATOR_SERVER_NAME.to_owned(), |v| v.trim().to_owned()),
+                    token_file: var("SHUNT_TOKEN_FILE")
+                        .map_or_else(|| PathBuf::from(DEFAULT_TOKEN_FILE), PathBuf::from),
+                    pod_namespace: required("SHUNT_POD_NAMESPACE")?,
+                    pod_name: required("SHUNT_POD_NAME")?,
+                })
+            }
+        };
         Ok(Config {
             redirect,
             app_ports,
@@ -177,12 +253,13 @@ impl Config {
             admin_port,
             bind_ip: pod_ip.unwrap_or(unspecified),
             app_host,
-            routes_file: var("SHUNT_ROUTES_FILE").map(PathBuf::from),
+            routes_file,
             lease: Duration::from_secs(lease_secs),
             drain: Duration::from_secs(drain_secs),
             nft: var("SHUNT_NFT").map_or_else(|| PathBuf::from("nft"), PathBuf::from),
             log_json,
             workers,
+            hub,
         })
     }
 }
@@ -277,5 +354,27 @@ mod tests {
         assert!(unpaired.unwrap_err().to_string().contains("one listen port per"));
         let clash = config(&[("SHUNT_APP_PORTS", "15080")]).unwrap_err();
         assert!(clash.to_string().contains("SHUNT_PROXY_PORT"));
+    }
+
+    #[test]
+    fn the_hub_is_one_source_and_needs_the_pod() {
+        let hub = [
+            ("SHUNT_APP_PORTS", "8080"),
+            ("SHUNT_OPERATOR_ADDR", "op:15443"),
+            ("SHUNT_POD_NAMESPACE", "shop"),
+            ("SHUNT_POD_NAME", "api-0"),
+        ];
+        let c = config(&hub).unwrap().hub.unwrap();
+        assert_eq!(
+            (c.server_name.as_str(), c.pod_name.as_str()),
+            ("shunt-operator", "api-0")
+        );
+        assert_eq!(c.token_file, PathBuf::from(DEFAULT_TOKEN_FILE));
+        let both = config(&[hub[0], hub[1], hub[2], hub[3], ("SHUNT_ROUTES_FILE", "/r.json")]).unwrap_err();
+        assert!(both.to_string().contains("one source at a time"), "{both}");
+        let no_pod = config(&hub[..3]).unwrap_err();
+        assert!(no_pod.to_string().contains("SHUNT_POD_NAME"), "{no_pod}");
+        let bad = config(&[hub[0], ("SHUNT_OPERATOR_ADDR", "op"), hub[2], hub[3]]).unwrap_err();
+        assert!(bad.to_string().contains("host:port"), "{bad}");
     }
 }

@@ -2,11 +2,12 @@
 //!
 //! Dormant until a route exists; then it takes the traffic of the routed app ports
 //! ([`redirect`]), routes each HTTP request to the app or a developer ([`proxy`]) by the
-//! routes in force ([`table`], fed by a [`source`]), and fails open whenever its own
-//! path fails. [`run`] wires it together; `main.rs` only parses the configuration.
+//! routes in force ([`table`], fed by a [`source`] or the operator's [`hub`]), and fails
+//! open whenever its own path fails. [`run`] wires it together; `main.rs` only parses the configuration.
 
 pub mod admin;
 pub mod config;
+pub mod hub;
 pub mod metrics;
 pub mod proxy;
 pub mod redirect;
@@ -38,14 +39,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let admin_listener = admin::bind(SocketAddr::new(config.bind_ip, config.admin_port)).await?;
     tokio::spawn(admin::serve(admin_listener, admin.clone()));
 
-    let shared = Arc::new(proxy::Shared::new(
-        table_rx,
-        metrics.clone(),
-        config.app_host,
-        &config.app_ports,
-        shutdown_rx.clone(),
-        live_tx,
-    ));
+    let link = match &config.hub {
+        Some(hub) => hub::HubLink::new(&hub.pod_namespace, &hub.pod_name),
+        None => hub::HubLink::default(),
+    };
+    let shared = Arc::new(
+        proxy::Shared::new(
+            table_rx,
+            metrics.clone(),
+            config.app_host,
+            &config.app_ports,
+            shutdown_rx.clone(),
+            live_tx,
+        )
+        .with_hub(link.clone()),
+    );
 
     let redirect = match config.redirect {
         RedirectMode::Nftables => {
@@ -74,8 +82,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
 
     // Without a source the sidecar stays dormant; the sender is kept so the channel stays open.
-    let _dormant = match config.routes_file.clone() {
-        Some(path) => {
+    let _dormant = match (config.routes_file.clone(), config.hub.clone()) {
+        (_, Some(settings)) => {
+            tokio::spawn(hub::run(
+                settings,
+                config.app_ports.clone(),
+                config.lease,
+                metrics.clone(),
+                table_tx,
+                link,
+            ));
+            None
+        }
+        (Some(path), None) => {
             tokio::spawn(source::watch_file(
                 path,
                 config.app_ports.clone(),
@@ -84,7 +103,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ));
             None
         }
-        None => Some(table_tx),
+        (None, None) => Some(table_tx),
     };
     admin.ready.store(true, Ordering::Relaxed);
     tracing::info!(mode = ?config.redirect, app.ports = ?config.app_ports, "shunt-sidecar started");

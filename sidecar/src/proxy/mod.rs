@@ -48,6 +48,8 @@ pub struct Shared {
     shutdown: watch::Receiver<bool>,
     /// Each connection holds a clone; shutdown waits until all are dropped.
     live: mpsc::Sender<()>,
+    /// The operator connection that requests of `hub` routes travel on.
+    pub hub: crate::hub::HubLink,
 }
 
 impl Shared {
@@ -71,7 +73,14 @@ impl Shared {
             app,
             shutdown,
             live,
+            hub: crate::hub::HubLink::default(),
         }
+    }
+
+    /// Sends requests of `hub` routes over `hub`.
+    pub fn with_hub(mut self, hub: crate::hub::HubLink) -> Shared {
+        self.hub = hub;
+        self
     }
 
     /// `host:port` of the app behind `port`.

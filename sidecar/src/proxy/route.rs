@@ -201,12 +201,15 @@ fn mirror(shared: &Arc<Shared>, conn: &ConnInfo, routes: &PortRoutes, req: &mut 
         let (shared, route, proto) = (shared.clone(), route.clone(), conn.proto);
         tokio::spawn(async move {
             let _permit = permit;
-            let Some(dest) = route.route.upstream.authority().map(|a| a.as_str()) else {
-                // Hub routes need the operator connection, which this sidecar does not have.
-                route.counters.mirror_dropped.inc();
-                return;
+            let sent = match route.route.upstream.authority() {
+                Some(dest) => shared.clients.send(dest.as_str(), proto, copy, None).await,
+                None => shared.hub.send(&route.route.id, copy).await,
             };
-            match shared.clients.send(dest, proto, copy, None).await {
+            match sent {
+                Ok(resp) if crate::hub::is_unavailable(&resp) => {
+                    route.counters.mirror_dropped.inc();
+                    tracing::debug!(route.id = %route.route.id, "mirror copy not delivered: the session has no CLI connected");
+                }
                 Ok(resp) => {
                     route.counters.mirror_sent.inc();
                     // Read the answer so the connection can be reused; nobody needs it.
@@ -253,9 +256,10 @@ async fn to_upstream(
 ) -> Response<OutBody> {
     let result = match route.route.upstream.authority() {
         Some(dest) => send(shared, conn, dest.as_str(), req).await,
-        // Hub routes need the operator connection, which this sidecar does not have: the
-        // request is intact, so the app serves it.
-        None => Err(SendError::Unsent(Box::new(req), "no connection to the operator".into())),
+        None => match send_hub(shared, route, req).await {
+            Ok(result) => result,
+            Err(refusal) => return refusal,
+        },
     };
     match result {
         Ok(resp) => {
@@ -275,6 +279,47 @@ async fn to_upstream(
             tracing::warn!(route.id = %route.route.id, %error, "upstream failed mid-request");
             bad_gateway("the session's upstream failed while handling the request")
         }
+    }
+}
+
+/// Sends a request of a `hub` route over the operator connection.
+///
+/// Without a connection the request comes back unsent (the app serves it). If the
+/// operator answers "unavailable" (no CLI for the session; it did not read the body), a
+/// request without a body is rebuilt from its head and comes back unsent too; one whose
+/// body already left cannot be replayed, so the client gets that 503 (outer `Err`).
+async fn send_hub(
+    shared: &Arc<Shared>,
+    route: &ActiveRoute,
+    req: Request<OutBody>,
+) -> Result<Result<Response<OutBody>, SendError>, Response<OutBody>> {
+    let replay = http_body::Body::is_end_stream(req.body()).then(|| {
+        let mut head = Request::new(super::body::empty());
+        *head.method_mut() = req.method().clone();
+        *head.uri_mut() = req.uri().clone();
+        *head.version_mut() = req.version();
+        *head.headers_mut() = req.headers().clone();
+        head
+    });
+    match shared.hub.send(&route.route.id, req).await {
+        Ok(resp) if crate::hub::is_unavailable(&resp) => match replay {
+            Some(head) => Ok(Err(SendError::Unsent(
+                Box::new(head),
+                "the session has no CLI connected".into(),
+            ))),
+            None => {
+                route.counters.upstream_error.inc();
+                tracing::info!(route.id = %route.route.id, "session has no CLI connected and the request body was sent; 503");
+                let mut resp = Response::new(text("shunt-sidecar: the session's developer is not connected and the request body cannot be replayed to the app; retry\n"));
+                *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                Err(resp)
+            }
+        },
+        Ok(mut resp) => {
+            strip_hop_headers(resp.headers_mut(), false);
+            Ok(Ok(resp.map(boxed)))
+        }
+        Err(e) => Ok(Err(e)),
     }
 }
 

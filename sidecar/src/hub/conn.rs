@@ -1,0 +1,230 @@
+//! One connection to the hub: TLS (trusting `SHUNT_OPERATOR_CA`, ALPN `h2`), an HTTP/2
+//! client with keep-alive PINGs, the routes watch, and the documents it streams.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use http::{header, Request, StatusCode};
+use http_body_util::BodyExt;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use shunt_proto::hub::{HEADER_POD, HEADER_PROTOCOL, PROTOCOL_VERSION, ROUTES_PATH};
+use shunt_proto::route::{RouteSet, Upstream};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::HubLink;
+use crate::config::HubSettings;
+use crate::metrics::{Metrics, ResultLabels};
+use crate::proxy::body::{empty, OutBody};
+use crate::table::Table;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// PING interval; a peer that does not answer within the same time is dead.
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
+/// Longest routes document accepted.
+const MAX_LINE: usize = 4 << 20;
+
+/// Why a connection to the hub ended.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// No CA to trust the hub with.
+    #[error("SHUNT_OPERATOR_CA is not set: the sidecar cannot verify the operator and stays dormant; mount the operator's CA and set SHUNT_OPERATOR_CA")]
+    NoCa,
+    /// A file could not be read or used (CA bundle, token).
+    #[error("{what} {path}: {why}")]
+    File {
+        /// Which file.
+        what: &'static str,
+        /// Its path.
+        path: String,
+        /// Why.
+        why: String,
+    },
+    /// Dialling, TLS or the HTTP/2 handshake failed.
+    #[error("cannot reach the operator at {addr}: {why}")]
+    Connect {
+        /// The hub address.
+        addr: String,
+        /// Why.
+        why: String,
+    },
+    /// The operator refused the watch.
+    #[error("the operator refused the routes watch with {status}: {message}")]
+    Refused {
+        /// The status.
+        status: StatusCode,
+        /// Its message.
+        message: String,
+    },
+    /// The stream broke.
+    #[error("the routes stream broke: {0}")]
+    Stream(String),
+}
+
+fn file_err(what: &'static str, path: &std::path::Path, why: impl ToString) -> HubError {
+    HubError::File {
+        what,
+        path: path.display().to_string(),
+        why: why.to_string(),
+    }
+}
+
+fn tls_connector(settings: &HubSettings) -> Result<tokio_rustls::TlsConnector, HubError> {
+    let path = settings.ca_file.as_deref().ok_or(HubError::NoCa)?;
+    let pem = std::fs::read(path).map_err(|e| file_err("cannot read the operator CA", path, e))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| file_err("the operator CA is not valid PEM:", path, e))?;
+        roots
+            .add(cert)
+            .map_err(|e| file_err("the operator CA holds an unusable certificate:", path, e))?;
+    }
+    if roots.is_empty() {
+        return Err(file_err("the operator CA", path, "holds no certificate"));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| file_err("TLS setup for", path, e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// Connects, opens the routes watch and publishes documents until the watch ends.
+pub(super) async fn session(
+    settings: &HubSettings,
+    app_ports: &[u16],
+    metrics: &Metrics,
+    tx: &watch::Sender<Arc<Table>>,
+    link: &HubLink,
+    up: &watch::Sender<bool>,
+) -> Result<(), HubError> {
+    let connector = tls_connector(settings)?;
+    // Re-read every time: kubelet rotates the projected token.
+    let token = std::fs::read_to_string(&settings.token_file)
+        .map_err(|e| file_err("cannot read the token file (SHUNT_TOKEN_FILE)", &settings.token_file, e))?;
+    let connect_err = |why: String| HubError::Connect {
+        addr: settings.addr.clone(),
+        why,
+    };
+    let name = ServerName::try_from(settings.server_name.clone())
+        .map_err(|e| connect_err(format!("SHUNT_OPERATOR_SERVER_NAME {:?}: {e}", settings.server_name)))?;
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&settings.addr))
+        .await
+        .map_err(|_| connect_err(format!("timed out after {CONNECT_TIMEOUT:?}")))?
+        .map_err(|e| connect_err(e.to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| connect_err(format!("TLS: {e}")))?;
+    let (mut sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(KEEP_ALIVE)
+        .keep_alive_timeout(KEEP_ALIVE)
+        .keep_alive_while_idle(true)
+        .handshake::<_, OutBody>(TokioIo::new(tls))
+        .await
+        .map_err(|e| connect_err(format!("HTTP/2: {e}")))?;
+    let driver = tokio::spawn(async move {
+        if let Err(error) = conn.await {
+            tracing::debug!(%error, "operator connection ended");
+        }
+    });
+    let _driver = AbortOnDrop(driver);
+
+    let req = Request::get(format!("https://{}{ROUTES_PATH}", settings.server_name))
+        .header(header::AUTHORIZATION, format!("Bearer {}", token.trim()))
+        .header(HEADER_POD, format!("{}/{}", settings.pod_namespace, settings.pod_name))
+        .header(HEADER_PROTOCOL, PROTOCOL_VERSION)
+        .body(empty())
+        .map_err(|e| connect_err(format!("routes request: {e}")))?;
+    let resp = sender.send_request(req).await.map_err(|e| connect_err(e.to_string()))?;
+    if resp.status() != StatusCode::OK {
+        let status = resp.status();
+        let body = tokio::time::timeout(CONNECT_TIMEOUT, resp.into_body().collect()).await;
+        let text = match body {
+            Ok(Ok(b)) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
+            _ => String::new(),
+        };
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(str::to_owned))
+            .unwrap_or(text);
+        return Err(HubError::Refused { status, message });
+    }
+    tracing::info!(hub.addr = %settings.addr, "routes watch open");
+    link.set(Some(sender));
+    up.send_replace(true);
+
+    let mut body = resp.into_body();
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| HubError::Stream(e.to_string()))?;
+        let Ok(data) = frame.into_data() else { continue };
+        buf.extend_from_slice(&data);
+        while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+            let line = buf.split_to(end + 1);
+            publish(&line[..end], app_ports, metrics, tx);
+        }
+        if buf.len() > MAX_LINE {
+            return Err(HubError::Stream(format!("a routes document exceeds {MAX_LINE} bytes")));
+        }
+    }
+    Ok(())
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Installs one routes document; an invalid one is logged and the routes in force stay.
+fn publish(line: &[u8], app_ports: &[u16], metrics: &Metrics, tx: &watch::Sender<Arc<Table>>) {
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return;
+    }
+    let set = match RouteSet::from_json(line) {
+        Ok(set) => set,
+        Err(error) => {
+            metrics
+                .route_reloads
+                .get_or_create(&ResultLabels { result: "error" })
+                .inc();
+            return tracing::error!(%error, "routes document from the operator rejected; the routes in force stay");
+        }
+    };
+    // Only hub routes for ports this sidecar manages; others are reported and left out.
+    let (keep, skip): (Vec<_>, Vec<_>) = set
+        .routes()
+        .iter()
+        .cloned()
+        .partition(|r| r.upstream == Upstream::Hub && app_ports.contains(&r.port));
+    for route in &skip {
+        tracing::warn!(route.id = %route.id, port = route.port, ?app_ports, "route from the operator ignored: not a hub route for a managed port");
+    }
+    let set = if skip.is_empty() {
+        set
+    } else {
+        RouteSet::new(keep).unwrap_or_default()
+    };
+    if tx.borrow().set() == &set {
+        return;
+    }
+    tracing::info!(routes.count = set.routes().len(), "routes updated from the operator");
+    metrics
+        .route_reloads
+        .get_or_create(&ResultLabels { result: "ok" })
+        .inc();
+    metrics.routes.set(set.routes().len() as i64);
+    tx.send_replace(Arc::new(Table::new(set, metrics)));
+}
