@@ -1,0 +1,293 @@
+//! The sessions the operator holds, and the routes they give each pod.
+//!
+//! A session targets the pods its target selects (a label selector in a namespace,
+//! resolved when the session is created). Creating a session checks it against every
+//! other session on the same target port: steal filters must be provably disjoint
+//! ([`shunt_proto::filter::overlap`]), an unfiltered steal needs the port to itself,
+//! mirrors never conflict. A refusal carries the witness request both filters match.
+//!
+//! Every change bumps a generation published on a `watch` channel; the hub re-computes
+//! the routes of each connected pod ([`Registry::routes_for_pod`]) when it moves.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use shunt_proto::filter::{overlap, Witness};
+use shunt_proto::route::{Mode, Route, RouteSet, Upstream};
+use shunt_proto::session::{SessionSpec, SessionStatus};
+use tokio::sync::watch;
+
+/// A label selector resolved from a target: every `key=value` must match.
+pub type Selector = BTreeMap<String, String>;
+
+/// One session.
+#[derive(Clone, Debug)]
+pub struct Session {
+    /// Namespace (the target's).
+    pub namespace: String,
+    /// Name (unique in the namespace; also the route id in sidecars).
+    pub name: String,
+    /// UID.
+    pub uid: String,
+    /// Who created it.
+    pub user: String,
+    /// Their groups.
+    pub groups: Vec<String>,
+    /// What they asked for.
+    pub spec: SessionSpec,
+    /// The pods of the target: this selector in `namespace`.
+    pub selector: Selector,
+    /// When it was created.
+    pub created: SystemTime,
+    /// What the operator made of it.
+    pub status: SessionStatus,
+}
+
+/// Why a session was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// A session of that name exists.
+    #[error("session {0:?} already exists")]
+    Exists(String),
+    /// Its filter can match a request another session's filter matches.
+    #[error("the filter overlaps session {other:?} of {user} on port {port}: both match {witness}; choose a filter that differs, e.g. your own value of the identity header")]
+    Overlap {
+        /// The other session.
+        other: String,
+        /// Its user.
+        user: String,
+        /// The shared port.
+        port: u16,
+        /// A request both filters match.
+        witness: Box<Witness>,
+    },
+    /// An unfiltered steal and another steal on one port.
+    #[error("port {port} is taken by session {other:?} of {user}: an unfiltered steal needs the port to itself")]
+    PortTaken {
+        /// The other session.
+        other: String,
+        /// Its user.
+        user: String,
+        /// The port.
+        port: u16,
+    },
+}
+
+#[derive(Default)]
+struct Inner {
+    sessions: BTreeMap<(String, String), Session>,
+    generation: u64,
+}
+
+/// The registry. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Mutex<Inner>>,
+    changed: Arc<watch::Sender<u64>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            inner: Arc::default(),
+            changed: Arc::new(watch::channel(0).0),
+        }
+    }
+}
+
+fn conflict(new: &Session, old: &Session) -> Option<Refusal> {
+    if new.namespace != old.namespace
+        || new.spec.target != old.spec.target
+        || new.spec.mode != Mode::Steal
+        || old.spec.mode != Mode::Steal
+    {
+        return None;
+    }
+    let port = new
+        .spec
+        .ports
+        .iter()
+        .map(|p| p.port)
+        .find(|p| old.spec.ports.iter().any(|o| o.port == *p))?;
+    match (&new.spec.filter, &old.spec.filter) {
+        (Some(a), Some(b)) => overlap(a, b).map(|witness| Refusal::Overlap {
+            other: old.name.clone(),
+            user: old.user.clone(),
+            port,
+            witness: Box::new(witness),
+        }),
+        _ => Some(Refusal::PortTaken {
+            other: old.name.clone(),
+            user: old.user.clone(),
+            port,
+        }),
+    }
+}
+
+impl Registry {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn bump(&self, inner: &mut Inner) {
+        inner.generation += 1;
+        self.changed.send_replace(inner.generation);
+    }
+
+    /// Adds `session` unless it conflicts with one already held.
+    pub fn create(&self, session: Session) -> Result<Session, Refusal> {
+        let mut inner = self.lock();
+        let key = (session.namespace.clone(), session.name.clone());
+        if inner.sessions.contains_key(&key) {
+            return Err(Refusal::Exists(session.name));
+        }
+        if let Some(refusal) = inner.sessions.values().find_map(|old| conflict(&session, old)) {
+            return Err(refusal);
+        }
+        inner.sessions.insert(key, session.clone());
+        self.bump(&mut inner);
+        Ok(session)
+    }
+
+    /// Removes a session; its routes leave every sidecar at the next push.
+    pub fn delete(&self, namespace: &str, name: &str) -> Option<Session> {
+        let mut inner = self.lock();
+        let gone = inner.sessions.remove(&(namespace.to_owned(), name.to_owned()));
+        if gone.is_some() {
+            self.bump(&mut inner);
+        }
+        gone
+    }
+
+    /// One session.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Session> {
+        self.lock()
+            .sessions
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// All sessions (of `namespace`, if given), by namespace and name.
+    pub fn list(&self, namespace: Option<&str>) -> Vec<Session> {
+        self.lock()
+            .sessions
+            .values()
+            .filter(|s| namespace.is_none_or(|ns| s.namespace == ns))
+            .cloned()
+            .collect()
+    }
+
+    /// Replaces a session's status (no effect on routes).
+    pub fn set_status(&self, namespace: &str, name: &str, status: SessionStatus) {
+        let mut inner = self.lock();
+        if let Some(s) = inner.sessions.get_mut(&(namespace.to_owned(), name.to_owned())) {
+            if s.status != status {
+                s.status = status;
+                self.bump(&mut inner);
+            }
+        }
+    }
+
+    /// The generation counter: it moves on every change.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// The routes a pod in `namespace` with `labels` must have: one `hub` route per
+    /// session port whose target selects the pod.
+    pub fn routes_for_pod(&self, namespace: &str, labels: &BTreeMap<String, String>) -> RouteSet {
+        let inner = self.lock();
+        let mut routes = Vec::new();
+        for s in inner.sessions.values() {
+            let selected = s.namespace == namespace
+                && !s.selector.is_empty()
+                && s.selector.iter().all(|(k, v)| labels.get(k) == Some(v));
+            if !selected {
+                continue;
+            }
+            for p in &s.spec.ports {
+                let id = if s.spec.ports.len() == 1 {
+                    s.name.clone()
+                } else {
+                    format!("{}:{}", s.name, p.port)
+                };
+                routes.push(Route {
+                    id,
+                    port: p.port,
+                    mode: s.spec.mode,
+                    filter: s.spec.filter.clone(),
+                    upstream: Upstream::Hub,
+                });
+            }
+        }
+        // The registry admitted only non-conflicting sessions, so validation cannot fail;
+        // if it ever did, an empty set (dormant sidecar, traffic to the app) is the safe answer.
+        RouteSet::new(routes).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use shunt_proto::filter::Filter;
+    use shunt_proto::session::SessionPort;
+
+    fn session(name: &str, user: &str, mode: Mode, filter: Option<&str>) -> Session {
+        Session {
+            namespace: "shop".into(),
+            name: name.into(),
+            uid: name.into(),
+            user: user.into(),
+            groups: vec![],
+            spec: SessionSpec {
+                target: "deployment/api".parse().unwrap(),
+                mode,
+                filter: filter.map(|f| Filter::parse(f).unwrap()),
+                ports: vec![SessionPort { port: 8080 }],
+            },
+            selector: BTreeMap::from([("app".into(), "api".into())]),
+            created: SystemTime::now(),
+            status: SessionStatus::default(),
+        }
+    }
+
+    #[test]
+    fn disjoint_steals_coexist_and_overlaps_are_refused_with_a_witness() {
+        let r = Registry::default();
+        r.create(session("alice", "alice", Mode::Steal, Some("x-shunt-user: alice")))
+            .unwrap();
+        r.create(session("bob", "bob", Mode::Steal, Some("x-shunt-user: bob")))
+            .unwrap();
+        r.create(session("carol", "carol", Mode::Mirror, None)).unwrap();
+        let err = r
+            .create(session("al", "mallory", Mode::Steal, Some("x-shunt-user: ~^al")))
+            .unwrap_err();
+        assert!(
+            matches!(err, Refusal::Overlap { ref other, .. } if other == "alice"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("x-shunt-user: alice"), "{err}");
+        let all = r.create(session("all", "root", Mode::Steal, None)).unwrap_err();
+        assert!(matches!(all, Refusal::PortTaken { .. }), "{all}");
+    }
+
+    #[test]
+    fn routes_follow_the_selector_and_leave_with_the_session() {
+        let r = Registry::default();
+        let changes = r.changes();
+        r.create(session("alice", "alice", Mode::Steal, Some("x-shunt-user: alice")))
+            .unwrap();
+        assert!(changes.has_changed().unwrap());
+        let api = BTreeMap::from([("app".to_owned(), "api".to_owned())]);
+        let web = BTreeMap::from([("app".to_owned(), "web".to_owned())]);
+        let routes = r.routes_for_pod("shop", &api);
+        assert_eq!(routes.routes().len(), 1);
+        assert_eq!(routes.routes()[0].upstream, Upstream::Hub);
+        assert!(r.routes_for_pod("shop", &web).is_empty());
+        assert!(r.routes_for_pod("other", &api).is_empty());
+        r.delete("shop", "alice").unwrap();
+        assert!(r.routes_for_pod("shop", &api).is_empty());
+    }
+}
