@@ -1,0 +1,44 @@
+//! `shunt-cli`: the `shunt` command. Each module owns one task:
+//!
+//! - [`args`]: the command line (clap);
+//! - [`cluster`]: the kube client from the kubeconfig, API errors as messages;
+//! - [`intercept`]: `intercept`/`mirror` sessions (create, tunnel, status, Ctrl-C);
+//! - [`tunnel`]: the inbound tunnel (WebSocket byte stream, HTTP/2 server);
+//! - [`forward`]: requests from the tunnel to the local app;
+//! - [`list`]: `sessions`, `sessions kill`, `targets`;
+//! - [`doctor`]: installation checks;
+//! - [`curl`]: the example request printed for a session.
+#![forbid(unsafe_code)]
+
+pub mod args;
+pub mod cluster;
+pub mod curl;
+pub mod doctor;
+pub mod forward;
+pub mod intercept;
+pub mod list;
+pub mod tunnel;
+
+use args::{Cli, Command, SessionsCommand};
+use clap::CommandFactory as _;
+use shunt_proto::Mode;
+
+/// Runs one command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Completion { shell } = cli.command {
+        clap_complete::generate(shell, &mut Cli::command(), "shunt", &mut std::io::stdout());
+        return Ok(());
+    }
+    let cluster = cluster::connect(&cli.kube).await?;
+    match cli.command {
+        Command::Intercept(args) => intercept::run(&cluster, &args, Mode::Steal).await,
+        Command::Mirror(args) => intercept::run(&cluster, &args, Mode::Mirror).await,
+        Command::Sessions(args) => match args.kill {
+            Some(SessionsCommand::Kill { name }) => list::kill(&cluster, &name).await,
+            None => list::sessions(&cluster, args.all_namespaces, args.output.output).await,
+        },
+        Command::Targets(output) => list::targets(&cluster, output.output).await,
+        Command::Doctor => doctor::run(&cluster).await,
+        Command::Completion { .. } => Ok(()),
+    }
+}
