@@ -230,7 +230,11 @@ async fn the_hub_refuses_sidecars_that_are_not_their_pod() {
         403,
         "shunt-pod must be this connection's pod"
     );
-    assert_eq!(conn.relay("ghost", "default/api-0").await, 403, "no such session");
+    // A session that no longer exists (ended while the sidecar still had its route) is
+    // "nobody takes it": 503 with shunt-unavailable, so the sidecar lets the app serve it.
+    let ended = conn.relay_response("ghost", "default/api-0").await;
+    assert_eq!(ended.status(), 503, "no such session");
+    assert_eq!(ended.headers()["shunt-unavailable"], "1");
     let unavailable = conn.relay_response("alice", "default/api-0").await;
     assert_eq!(unavailable.status(), 503, "alice has no CLI connected");
     assert_eq!(unavailable.headers()["shunt-unavailable"], "1");

@@ -2,8 +2,9 @@
 //!
 //! A request carrying `shunt-session` is accepted only on a connection whose routes
 //! watch authenticated a pod, only if its `shunt-pod` names that same pod, and only if
-//! the session exists and selects that pod right now: a sidecar cannot inject requests
-//! into sessions that are not its own. The request then goes to the CLI unchanged (hop
+//! the session selects that pod right now: a sidecar cannot inject requests
+//! into sessions that are not its own (a session that has ended answers 503, see below).
+//! The request then goes to the CLI unchanged (hop
 //! headers included, so the CLI knows the session and pod; the CLI strips them before
 //! its app). No CLI connected → 503 with `shunt-unavailable: 1` and the body unread, so
 //! the sidecar can let the app serve the request.
@@ -25,6 +26,15 @@ pub fn session_of_route(id: &str) -> &str {
         Some((name, port)) if port.parse::<u16>().is_ok() => name,
         _ => id,
     }
+}
+
+/// 503 with `shunt-unavailable`: the body was not read, the sidecar may let the app serve it.
+fn unavailable(metrics: &super::metrics::HubMetrics, message: &str) -> Response<Body> {
+    metrics.outcome("unavailable");
+    let mut resp = error::status(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", message);
+    resp.headers_mut()
+        .insert(HEADER_UNAVAILABLE, HeaderValue::from_static("1"));
+    resp
 }
 
 /// Relays one request (see the module doc).
@@ -58,6 +68,15 @@ pub(crate) async fn relay(ctx: &Ctx, conn: &Conn, req: Request<Incoming>) -> Res
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     let session = session_of_route(session).to_owned();
+    if ctx.registry.get(&pod.namespace, &session).is_none() {
+        // The session just ended and the sidecar has not received its new routes yet.
+        // Nobody takes the request: say so like for a missing CLI, so the sidecar lets
+        // the app serve it (a refusal here would fail the client's request).
+        return unavailable(
+            metrics,
+            &format!("session {session:?} has ended; the body was not read"),
+        );
+    }
     let routes = ctx.registry.routes_for_pod(&pod.namespace, &pod.labels);
     if !routes.routes().iter().any(|r| session_of_route(&r.id) == session) {
         return refuse(
@@ -76,17 +95,10 @@ pub(crate) async fn relay(ctx: &Ctx, conn: &Conn, req: Request<Incoming>) -> Res
             metrics.outcome("relayed");
             resp.map(|b| b.map_err(Into::into).boxed())
         }
-        Err(ForwardError::Unavailable(_unsent)) => {
-            metrics.outcome("unavailable");
-            let mut resp = error::status(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceUnavailable",
-                &format!("session {session:?} has no CLI connected; the body was not read"),
-            );
-            resp.headers_mut()
-                .insert(HEADER_UNAVAILABLE, HeaderValue::from_static("1"));
-            resp
-        }
+        Err(ForwardError::Unavailable(_unsent)) => unavailable(
+            metrics,
+            &format!("session {session:?} has no CLI connected; the body was not read"),
+        ),
         Err(ForwardError::Failed(e)) => {
             metrics.outcome("failed");
             tracing::info!(error = %e, "the session's CLI failed the request");
