@@ -4,13 +4,15 @@
 //! - [`filter`]: the HTTP filter language (parse, match, exact overlap with a witness);
 //! - [`route`]: the route model that the routes file and the operator both speak;
 //! - [`hub`]: the sidecar ↔ operator protocol (paths, headers, roles);
-//! - [`session`]: sessions of the aggregated API and target references.
+//! - [`session`]: sessions of the aggregated API and target references;
+//! - [`policy`]: the policy CRDs (`policy.shunt.dev`), their static checks and globs.
 //!
 //! Nothing here opens a socket or a file: callers hand in bytes and get values back.
 
 pub mod filter;
 pub mod hub;
 pub mod names;
+pub mod policy;
 pub mod route;
 pub mod session;
 

@@ -10,7 +10,7 @@ use crate::filter::Filter;
 use crate::route::Mode;
 
 /// Kinds of workloads a session can target.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TargetKind {
     /// `apps/v1` Deployment.
