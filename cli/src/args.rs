@@ -21,6 +21,7 @@ const EXAMPLES: &str = "Examples:
   shunt mirror deployment/api --port 8080 --header 'x-user: carol'
   shunt sessions -A
   shunt doctor -n shop
+  shunt demo                # the whole system on a local test cluster
   source <(shunt completion bash)";
 
 /// Which cluster, as kubectl chooses it.
@@ -55,6 +56,11 @@ pub enum Command {
     /// Check the installation and a namespace; each failed check says how to fix it.
     #[command(after_help = "Examples:\n  shunt doctor -n shop")]
     Doctor,
+    /// Explain the shunt policies: would a session be allowed, and which policy and rule decide?
+    Policy(crate::policy::PolicyArgs),
+    /// Run the whole system on a local test cluster (no root) and show who answers what.
+    #[command(after_help = DEMO_EXAMPLES)]
+    Demo(crate::demo::DemoArgs),
     /// Print a shell completion script.
     #[command(after_help = COMPLETION_EXAMPLES)]
     Completion {
@@ -82,6 +88,15 @@ const SESSIONS_EXAMPLES: &str = "Examples:
   shunt sessions              # this namespace
   shunt sessions -A -o json   # every namespace
   shunt sessions kill alice-api-3kq9z";
+
+const DEMO_EXAMPLES: &str = "Examples:
+  cargo run --release --bin shunt -- demo
+  shunt demo --requests 300 --replicas 5
+
+Starts kubesim (a local Kubernetes API and pod runner), the operator and the webhook,
+a 3-replica echo Deployment, alice's and bob's intercepts and carol's mirror; sends
+requests through the Service and prints who answered each. Exits 1 if any request was
+misrouted or failed.";
 
 const COMPLETION_EXAMPLES: &str = "Examples:
   source <(shunt completion bash)

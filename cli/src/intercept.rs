@@ -206,9 +206,13 @@ async fn status_line(
         let pods = match api.get(&name).await {
             Ok(obj) => pods_reached(obj.data.get("status")),
             Err(kube::Error::Api(s)) if s.code == 404 => {
-                done.send_replace(Some(format!(
-                    "session {ns}/{name} was ended elsewhere (shunt sessions kill or kubectl delete)"
-                )));
+                // The operator says why when a policy ended the session.
+                let why = if s.message.contains("ended by policy") {
+                    format!("was ended: {}", s.message)
+                } else {
+                    "was ended elsewhere (shunt sessions kill or kubectl delete)".to_owned()
+                };
+                done.send_replace(Some(format!("session {ns}/{name} {why}")));
                 return;
             }
             Err(_) => "pods ?".to_owned(),

@@ -7,16 +7,20 @@
 //! - [`forward`]: requests from the tunnel to the local app;
 //! - [`list`]: `sessions`, `sessions kill`, `targets`;
 //! - [`doctor`]: installation checks;
-//! - [`curl`]: the example request printed for a session.
+//! - [`policy`]: `policy explain` (a `policyreviews` create);
+//! - [`curl`]: the example request printed for a session;
+//! - [`demo`]: `shunt demo`, the whole system on kubesim (also the end to end tests' stack).
 #![forbid(unsafe_code)]
 
 pub mod args;
 pub mod cluster;
 pub mod curl;
+pub mod demo;
 pub mod doctor;
 pub mod forward;
 pub mod intercept;
 pub mod list;
+pub mod policy;
 pub mod tunnel;
 
 use args::{Cli, Command, SessionsCommand};
@@ -29,6 +33,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         clap_complete::generate(shell, &mut Cli::command(), "shunt", &mut std::io::stdout());
         return Ok(());
     }
+    if let Command::Demo(args) = &cli.command {
+        return demo::run(args).await;
+    }
     let cluster = cluster::connect(&cli.kube).await?;
     match cli.command {
         Command::Intercept(args) => intercept::run(&cluster, &args, Mode::Steal).await,
@@ -39,6 +46,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Targets(output) => list::targets(&cluster, output.output).await,
         Command::Doctor => doctor::run(&cluster).await,
-        Command::Completion { .. } => Ok(()),
+        Command::Policy(args) => policy::run(&cluster, &args).await,
+        Command::Completion { .. } | Command::Demo(_) => Ok(()),
     }
 }

@@ -1,5 +1,5 @@
 //! [`run`]: wires the operator — Kubernetes client, leader election, registry, tunnels,
-//! hub, API server, session lifecycle, admin server (`/healthz`, `/readyz`, `/metrics`) —
+//! hub, API server, session lifecycle, policies, admin server (`/healthz`, `/readyz`, `/metrics`) —
 //! and shuts it down gracefully.
 //!
 //! Only the leader serves the API and the hub: sessions live in its memory, so one
@@ -22,6 +22,7 @@ use crate::config::{tls_pair, Args};
 use crate::hub::{self, HubConfig, HubState};
 use crate::leader::Leader;
 use crate::lifecycle::{Events, Lifecycle};
+use crate::policy::{Controller as PolicyController, Policies};
 use crate::registry::Registry;
 use crate::tunnel::Tunnels;
 
@@ -54,12 +55,51 @@ async fn metrics_text(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
     )
 }
 
+/// The operator's three listeners, bound before it starts (so callers can bind port 0
+/// and learn the addresses first).
+pub struct Listeners {
+    /// The aggregated API server (`--api-listen`).
+    pub api: tokio::net::TcpListener,
+    /// The sidecar hub (`--hub-listen`).
+    pub hub: tokio::net::TcpListener,
+    /// The admin server (`--admin-listen`).
+    pub admin: tokio::net::TcpListener,
+}
+
+impl Listeners {
+    /// Binds `--api-listen`, `--hub-listen` and `--admin-listen`.
+    pub async fn bind(args: &Args) -> anyhow::Result<Listeners> {
+        let bind = |addr: std::net::SocketAddr, flag: &'static str| async move {
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} ({flag})"))
+        };
+        Ok(Listeners {
+            api: bind(args.api_listen, "--api-listen").await?,
+            hub: bind(args.hub_listen, "--hub-listen").await?,
+            admin: bind(args.admin_listen, "--admin-listen").await?,
+        })
+    }
+}
+
 /// Runs the operator until `shutdown` completes (then drains for `--drain`) or a part of
 /// it fails (an error, e.g. the Lease was lost).
 pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("cannot build a Kubernetes client (in-cluster or KUBECONFIG)")?;
+    let listeners = Listeners::bind(&args).await?;
+    run_with(args, client, listeners, shutdown).await
+}
+
+/// [`run`] with the Kubernetes client and the listeners given (`shunt demo` and the end to
+/// end tests run the operator in-process as its own user, on ports bound to 0).
+pub async fn run_with(
+    args: Args,
+    client: kube::Client,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let hub_state = HubState::default();
     let sessions_gauge = Gauge::<i64>::default();
     let mut metrics = prometheus_client::registry::Registry::default();
@@ -69,9 +109,16 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Resu
         ready: AtomicBool::new(false),
         metrics,
     });
-    let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (--admin-listen)", args.admin_listen))?;
+    let Listeners {
+        api: api_listener,
+        hub: hub_listener,
+        admin: admin_listener,
+    } = listeners;
+    let (api_addr, hub_addr, admin_addr) = (
+        api_listener.local_addr()?,
+        hub_listener.local_addr()?,
+        admin_listener.local_addr()?,
+    );
     let admin_router = axum::Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -105,7 +152,7 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Resu
         "hub",
     )?;
     let hub_config = HubConfig {
-        listen: args.hub_listen,
+        listen: hub_addr,
         cert_pem: hub_cert,
         key_pem: hub_key,
     };
@@ -119,14 +166,23 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Resu
         hub: hub_state.clone(),
         events: events.clone(),
     });
-    let api_listener = tokio::net::TcpListener::bind(args.api_listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (--api-listen)", args.api_listen))?;
+    let policies = Policies::default();
+    let policy_task = tokio::spawn(
+        PolicyController {
+            client: client.clone(),
+            policies: policies.clone(),
+            registry: registry.clone(),
+            tunnels: tunnels.clone(),
+            events: events.clone(),
+            interval: std::time::Duration::from_secs(1),
+        }
+        .run(),
+    );
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let api_task = tokio::spawn(api::serve(
         api_listener,
         tls,
-        api::router(state),
+        api::router(state).layer(axum::Extension(policies.clone())),
         async {
             let _ = api_stopped.await;
         },
@@ -151,9 +207,9 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Resu
             }
         }
     });
-    let hub = hub::serve(hub_config, registry, tunnels, client, hub_state);
+    let hub = hub::serve_on(hub_listener, hub_config, registry, tunnels, client, hub_state);
     admin.ready.store(true, Ordering::Relaxed);
-    tracing::info!(api = %args.api_listen, hub = %args.hub_listen, admin = %args.admin_listen, "serving");
+    tracing::info!(api = %api_addr, hub = %hub_addr, admin = %admin_addr, "serving");
 
     let outcome = tokio::select! {
         () = &mut shutdown => Ok(()),
@@ -162,6 +218,7 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Resu
     };
     admin.ready.store(false, Ordering::Relaxed);
     lifecycle_task.abort();
+    policy_task.abort();
     gauge_task.abort();
     let _ = stop_api.send(());
     let _ = api_task.await;

@@ -5,6 +5,7 @@
 //! - [`api`]: the aggregated API server of `api.shunt.dev/v1` (sessions, targets, tunnels);
 //! - [`targets`]: workloads a session can target, their selectors and pods;
 //! - [`lifecycle`]: session status, grace-period expiry and Events;
+//! - [`policy`]: the `policy.shunt.dev` policies: status, enforcement, `policyreviews`;
 //! - [`registry`]: sessions, conflict checks, the routes each pod must have;
 //! - [`hub`]: the TLS endpoint sidecars dial for their routes and to relay requests;
 //! - [`tunnel`]: per session, the CLI's HTTP/2 connection that serves stolen requests.
@@ -15,8 +16,9 @@ pub mod config;
 pub mod hub;
 pub mod leader;
 pub mod lifecycle;
+pub mod policy;
 pub mod registry;
 pub mod targets;
 pub mod tunnel;
 
-pub use app::run;
+pub use app::{run, run_with, Listeners};

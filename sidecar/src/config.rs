@@ -61,6 +61,9 @@ pub struct HubSettings {
     pub addr: String,
     /// PEM CA bundle that signs the hub's certificate (`SHUNT_OPERATOR_CA`).
     pub ca_file: Option<PathBuf>,
+    /// The same bundle given inline (`SHUNT_OPERATOR_CA_PEM`, as the webhook injects it);
+    /// used when `ca_file` is not set.
+    pub ca_pem: Option<String>,
     /// The TLS name the hub's certificate must carry (`SHUNT_OPERATOR_SERVER_NAME`).
     pub server_name: String,
     /// The projected ServiceAccount token, re-read on every connection (`SHUNT_TOKEN_FILE`).
@@ -96,8 +99,11 @@ Configuration (environment variables):
   SHUNT_ROUTES_FILE    JSON routes file, reloaded when it changes      [default: none]
   SHUNT_OPERATOR_ADDR  host:port of the operator's hub: routes come from there
                        (TLS, HTTP/2); exclusive with SHUNT_ROUTES_FILE [default: none]
-  SHUNT_OPERATOR_CA    PEM CA bundle trusted for the hub's certificate (required
-                       with SHUNT_OPERATOR_ADDR, else the sidecar stays dormant)
+  SHUNT_OPERATOR_CA    PEM CA bundle file trusted for the hub's certificate
+                       (this or SHUNT_OPERATOR_CA_PEM is required with
+                       SHUNT_OPERATOR_ADDR, else the sidecar stays dormant)
+  SHUNT_OPERATOR_CA_PEM  the same bundle inline (PEM text, as the webhook injects
+                       it); SHUNT_OPERATOR_CA wins when both are set
   SHUNT_OPERATOR_SERVER_NAME  TLS name of the hub               [default: shunt-operator]
   SHUNT_TOKEN_FILE     projected token (audience shunt.dev/sidecar), re-read on
                        every connection        [default: /var/run/secrets/shunt/token]
@@ -236,6 +242,7 @@ impl Config {
                 Some(HubSettings {
                     addr,
                     ca_file: var("SHUNT_OPERATOR_CA").map(PathBuf::from),
+                    ca_pem: var("SHUNT_OPERATOR_CA_PEM"),
                     server_name: var("SHUNT_OPERATOR_SERVER_NAME")
                         .map_or_else(|| DEFAULT_OPERATOR_SERVER_NAME.to_owned(), |v| v.trim().to_owned()),
                     token_file: var("SHUNT_TOKEN_FILE")

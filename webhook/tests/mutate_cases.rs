@@ -78,10 +78,8 @@ fn cases() -> Vec<Case> {
                     env(s, "SHUNT_POD_NAMESPACE")["fieldRef"]["fieldPath"],
                     "metadata.namespace"
                 );
-                assert_eq!(
-                    env(s, "SHUNT_OPERATOR_ADDR"),
-                    "https://shunt-operator.shunt-system.svc:443"
-                );
+                assert_eq!(env(s, "SHUNT_OPERATOR_ADDR"), "shunt-operator.shunt-system.svc:15443");
+                assert_eq!(env(s, "SHUNT_OPERATOR_CA_PEM"), Value::Null);
                 assert_eq!(env(s, "SHUNT_TOKEN_FILE"), "/var/run/secrets/shunt/token");
                 assert_eq!(s["readinessProbe"]["httpGet"]["path"], "/readyz");
                 assert_eq!(s["readinessProbe"]["httpGet"]["port"], 15090);
@@ -324,6 +322,20 @@ fn cases() -> Vec<Case> {
             expect: Expect::Inject(|p, _, _| {
                 assert_eq!(p["spec"]["containers"][0]["ports"][0]["name"], "shunt-web");
                 assert_eq!(env(sidecar(p), "SHUNT_LISTEN_PORT"), "15100");
+            }),
+        },
+        Case {
+            name: "the operator's CA and TLS name are given to the sidecar",
+            namespace: "team",
+            pod: pod(json!([{"name": "web", "containerPort": 80}])),
+            config: |c| {
+                c.operator_ca_pem = Some("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into());
+                c.operator_server_name = Some("hub.shunt-system".into());
+            },
+            expect: Expect::Inject(|p, _, _| {
+                let ca = env(sidecar(p), "SHUNT_OPERATOR_CA_PEM");
+                assert!(ca.as_str().unwrap().starts_with("-----BEGIN CERTIFICATE-----"), "{ca}");
+                assert_eq!(env(sidecar(p), "SHUNT_OPERATOR_SERVER_NAME"), "hub.shunt-system");
             }),
         },
         Case {

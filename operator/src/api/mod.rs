@@ -136,6 +136,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             &format!("{v1}/namespaces/{{ns}}/sessions/{{name}}/tunnel"),
             get(open_tunnel),
         )
+        .route(
+            &format!("{v1}/policyreviews"),
+            axum::routing::post(crate::policy::review::create),
+        )
         .route(&format!("{v1}/targets"), get(list_all_targets))
         .route(&format!("{v1}/namespaces/{{ns}}/targets"), get(list_targets))
         .route(&format!("{v1}/namespaces/{{ns}}/targets/{{name}}"), get(get_target))
@@ -153,8 +157,15 @@ async fn open_tunnel(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path((namespace, name)): Path<(String, String)>,
+    policies: Option<axum::Extension<crate::policy::Policies>>,
     req: Request,
 ) -> Response {
+    // A CLI reconnecting to a session a policy ended learns why.
+    if state.registry.get(&namespace, &name).is_none() {
+        if let Some(why) = policies.and_then(|p| p.ended_reason(&namespace, &name)) {
+            return axum::response::IntoResponse::into_response(ApiError::not_found(format!("session {name:?} {why}")));
+        }
+    }
     tunnel::handle(req, &caller.user, &namespace, &name, &state.registry, &state.tunnels)
         .await
         .map(axum::body::Body::new)

@@ -170,6 +170,7 @@ pub async fn create(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(namespace): Path<String>,
+    policies: Option<axum::Extension<crate::policy::Policies>>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let (name, generate, spec) = parse(&body)?;
@@ -180,6 +181,9 @@ pub async fn create(
         )));
     }
     authorize(&state, &caller, &namespace, &spec).await?;
+    if let Some(axum::Extension(policies)) = &policies {
+        crate::policy::review::admit_session(&state, policies, &caller.user, &namespace, &spec).await?;
+    }
     let selector = targets::resolve(&state.client, &namespace, &spec.target)
         .await
         .map_err(|e| match e {
@@ -293,9 +297,16 @@ pub async fn get(
     State(state): State<Arc<AppState>>,
     _caller: Caller,
     Path((namespace, name)): Path<(String, String)>,
+    policies: Option<axum::Extension<crate::policy::Policies>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let session = state.registry.get(&namespace, &name).ok_or_else(|| not_found(&name))?;
+    let session = state.registry.get(&namespace, &name).ok_or_else(|| {
+        // The CLI of a session a policy ended learns why from this 404.
+        match policies.and_then(|p| p.ended_reason(&namespace, &name)) {
+            Some(why) => ApiError::not_found(format!("session {name:?} {why}")),
+            None => not_found(&name),
+        }
+    })?;
     let rv = *state.registry.changes().borrow();
     let body = if wants_table(&headers) {
         objects::session_table(std::slice::from_ref(&session), rv)

@@ -88,7 +88,7 @@ pub fn api_group() -> Value {
         "preferredVersion": version})
 }
 
-/// `/apis/api.shunt.dev/v1`: sessions (with the tunnel subresource) and targets.
+/// `/apis/api.shunt.dev/v1`: sessions (with the tunnel subresource), targets and policyreviews.
 pub fn api_resource_list() -> Value {
     json!({
         "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": GROUP_VERSION,
@@ -98,6 +98,8 @@ pub fn api_resource_list() -> Value {
             {"name": "sessions/tunnel", "singularName": "", "namespaced": true, "kind": "Session", "verbs": ["get"]},
             {"name": "targets", "singularName": "target", "namespaced": true, "kind": "Target",
              "verbs": ["get", "list"], "categories": ["shunt"]},
+            {"name": "policyreviews", "singularName": "policyreview", "namespaced": false, "kind": "PolicyReview",
+             "verbs": ["create"]},
         ],
     })
 }

@@ -32,7 +32,7 @@ const MAX_LINE: usize = 4 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
     /// No CA to trust the hub with.
-    #[error("SHUNT_OPERATOR_CA is not set: the sidecar cannot verify the operator and stays dormant; mount the operator's CA and set SHUNT_OPERATOR_CA")]
+    #[error("neither SHUNT_OPERATOR_CA nor SHUNT_OPERATOR_CA_PEM is set: the sidecar cannot verify the operator and stays dormant; give the webhook --operator-ca-file, or mount the operator's CA and set SHUNT_OPERATOR_CA")]
     NoCa,
     /// A file could not be read or used (CA bundle, token).
     #[error("{what} {path}: {why}")]
@@ -74,8 +74,15 @@ fn file_err(what: &'static str, path: &std::path::Path, why: impl ToString) -> H
 }
 
 fn tls_connector(settings: &HubSettings) -> Result<tokio_rustls::TlsConnector, HubError> {
-    let path = settings.ca_file.as_deref().ok_or(HubError::NoCa)?;
-    let pem = std::fs::read(path).map_err(|e| file_err("cannot read the operator CA", path, e))?;
+    let inline = std::path::Path::new("$SHUNT_OPERATOR_CA_PEM");
+    let (path, pem) = match (settings.ca_file.as_deref(), &settings.ca_pem) {
+        (Some(path), _) => (
+            path,
+            std::fs::read(path).map_err(|e| file_err("cannot read the operator CA", path, e))?,
+        ),
+        (None, Some(pem)) => (inline, pem.as_bytes().to_vec()),
+        (None, None) => return Err(HubError::NoCa),
+    };
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(&pem) {
         let cert = cert.map_err(|e| file_err("the operator CA is not valid PEM:", path, e))?;

@@ -90,9 +90,18 @@ pub struct Args {
     /// Redirect mode for pods without a shunt.dev/redirect annotation.
     #[arg(long, env = "SHUNT_WEBHOOK_REDIRECT", value_enum, default_value = "nftables")]
     pub redirect: RedirectMode,
-    /// The operator's address, given to sidecars [default: https://shunt-operator.<namespace>.svc:443].
+    /// The operator hub's host:port, given to sidecars [default: shunt-operator.<namespace>.svc:15443].
     #[arg(long, env = "SHUNT_WEBHOOK_OPERATOR_ADDR")]
     pub operator_addr: Option<String>,
+    /// PEM file with the CA of the operator hub's certificate (public; no key): given to
+    /// sidecars inline as SHUNT_OPERATOR_CA_PEM. Without it sidecars stay dormant unless
+    /// they get SHUNT_OPERATOR_CA otherwise.
+    #[arg(long, env = "SHUNT_WEBHOOK_OPERATOR_CA_FILE")]
+    pub operator_ca_file: Option<PathBuf>,
+    /// TLS name the hub's certificate carries, given to sidecars as SHUNT_OPERATOR_SERVER_NAME
+    /// [default: the sidecar's, shunt-operator].
+    #[arg(long, env = "SHUNT_WEBHOOK_OPERATOR_SERVER_NAME")]
+    pub operator_server_name: Option<String>,
     /// Lifetime of the sidecar's projected ServiceAccount token (at least 10m).
     #[arg(long, env = "SHUNT_WEBHOOK_TOKEN_EXPIRATION", default_value = "1h", value_parser = parse_duration)]
     pub token_expiration: Duration,
@@ -239,7 +248,14 @@ impl Args {
             operator_addr: self
                 .operator_addr
                 .clone()
-                .unwrap_or_else(|| format!("https://shunt-operator.{}.svc:443", self.namespace)),
+                .unwrap_or_else(|| format!("shunt-operator.{}.svc:15443", self.namespace)),
+            operator_ca_pem: self.operator_ca_pem()?,
+            operator_server_name: self
+                .operator_server_name
+                .as_deref()
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned),
             token_expiration_seconds: token,
             proxy_port: self.proxy_port,
             admin_port: self.admin_port,
@@ -264,6 +280,29 @@ impl Args {
             max_body_bytes: self.max_body_bytes,
             drain: self.drain_timeout,
         })
+    }
+
+    /// The operator CA file's PEM, checked to hold at least one certificate and no key.
+    fn operator_ca_pem(&self) -> Result<Option<String>, ConfigError> {
+        let Some(path) = &self.operator_ca_file else {
+            return Ok(None);
+        };
+        let flag = "--operator-ca-file";
+        let pem =
+            std::fs::read_to_string(path).map_err(|e| bad(flag, format!("cannot read {}: {e}", path.display())))?;
+        if pem.contains("PRIVATE KEY") {
+            return Err(bad(
+                flag,
+                format!(
+                    "{} holds a private key: give only the CA certificate (it is copied into every pod)",
+                    path.display()
+                ),
+            ));
+        }
+        if !pem.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(bad(flag, format!("{} holds no PEM certificate", path.display())));
+        }
+        Ok(Some(pem))
     }
 
     fn self_settings(&self) -> Result<SelfSettings, ConfigError> {

@@ -26,7 +26,8 @@ fn defaults_give_self_mode_with_the_service_dns_names() {
     };
     assert_eq!(own.dns_names[2], "shunt-webhook.team.svc");
     assert_eq!(own.policy.renew_before, 30 * 86_400);
-    assert_eq!(s.inject.operator_addr, "https://shunt-operator.team.svc:443");
+    assert_eq!(s.inject.operator_addr, "shunt-operator.team.svc:15443");
+    assert_eq!((s.inject.operator_ca_pem, s.inject.operator_server_name), (None, None));
     assert!(s.inject.excluded_namespaces.contains(&"team".to_owned()));
     assert!(s.inject.excluded_namespaces.contains(&"kube-system".to_owned()));
     assert_eq!(s.inject.resources.memory_limit.as_deref(), Some("128Mi"));
@@ -70,4 +71,31 @@ fn errors_name_the_flag() {
         let err = args(argv).unwrap_err();
         assert!(err.contains(flag), "{argv:?}: {err}");
     }
+}
+
+#[test]
+fn the_operator_ca_file_is_read_and_must_hold_only_certificates() {
+    let dir = std::env::temp_dir().join(format!("shunt-webhook-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.pem");
+    let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    std::fs::write(&ca, pem).unwrap();
+    let path = ca.to_str().unwrap();
+    let s = args(&["--operator-ca-file", path, "--operator-server-name", "hub.local"]).unwrap();
+    assert_eq!(s.inject.operator_ca_pem.as_deref(), Some(pem));
+    assert_eq!(s.inject.operator_server_name.as_deref(), Some("hub.local"));
+    std::fs::write(
+        &ca,
+        format!("{pem}-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----\n"),
+    )
+    .unwrap();
+    let err = args(&["--operator-ca-file", path]).unwrap_err();
+    assert!(
+        err.contains("--operator-ca-file") && err.contains("private key"),
+        "{err}"
+    );
+    let missing = dir.join("missing.pem");
+    let err = args(&["--operator-ca-file", missing.to_str().unwrap()]).unwrap_err();
+    assert!(err.contains("cannot read"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

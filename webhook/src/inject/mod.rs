@@ -68,6 +68,10 @@ pub struct InjectConfig {
     pub redirect: RedirectMode,
     /// The operator's address given to the sidecar (`SHUNT_OPERATOR_ADDR`).
     pub operator_addr: String,
+    /// PEM CA of the hub's certificate, given inline (`SHUNT_OPERATOR_CA_PEM`), if configured.
+    pub operator_ca_pem: Option<String>,
+    /// TLS name of the hub (`SHUNT_OPERATOR_SERVER_NAME`), if not the sidecar's default.
+    pub operator_server_name: Option<String>,
     /// Lifetime of the projected ServiceAccount token, in seconds (≥ 600).
     pub token_expiration_seconds: i64,
     /// The sidecar's transparent proxy port (nftables mode).

@@ -2,7 +2,7 @@
 //!
 //! The environment is the sidecar's contract (`sidecar/src/config.rs`): redirect mode,
 //! app ports, listen ports (port-takeover), proxy and admin ports, the pod's IP, name and
-//! namespace from the downward API, the operator's address and the path of the projected
+//! namespace from the downward API, the operator's address, CA (inline PEM) and TLS name, the path of the projected
 //! ServiceAccount token (audience `shunt.dev/sidecar`) it presents to the operator.
 
 use std::collections::BTreeMap;
@@ -62,6 +62,12 @@ pub(super) fn container(config: &InjectConfig, redirect: RedirectMode, plan: &Po
         value("SHUNT_OPERATOR_ADDR", &config.operator_addr),
         value("SHUNT_TOKEN_FILE", TOKEN_FILE),
     ]);
+    if let Some(pem) = &config.operator_ca_pem {
+        env.push(value("SHUNT_OPERATOR_CA_PEM", pem));
+    }
+    if let Some(name) = &config.operator_server_name {
+        env.push(value("SHUNT_OPERATOR_SERVER_NAME", name));
+    }
     let mut ports = vec![ContainerPort {
         container_port: i32::from(config.admin_port),
         name: Some(ADMIN_PORT_NAME.into()),

@@ -1,0 +1,200 @@
+//! End to end on kubesim (loopback mode, no root), all real code: the operator and the
+//! webhook in-process, the sidecars and echo apps as pod processes (`shunt __sidecar`,
+//! `shunt __echo`), and the developers' real `shunt intercept` / `shunt mirror` processes
+//! with their own kubeconfigs and the `shunt-user` Role. Tests 1, 4, 5 and 7 of issue 5.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use shunt_cli::demo::developer::{Developer, Kind};
+use shunt_cli::demo::stack::{poll, Stack, StackOptions};
+use shunt_cli::demo::traffic::served_by;
+
+/// The session grace period of the operator in these tests.
+const GRACE: Duration = Duration::from_secs(2);
+
+fn shunt() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_shunt"))
+}
+
+async fn stack(replicas: u32) -> Stack {
+    Stack::start(StackOptions {
+        shunt_exe: shunt(),
+        replicas,
+        session_grace: GRACE,
+        timeout: Duration::from_secs(60),
+    })
+    .await
+    .unwrap()
+}
+
+async fn intercept(stack: &Stack, name: &str) -> Developer {
+    let header = format!("x-user: {name}");
+    Developer::start(stack, &shunt(), name, Kind::Intercept, Some(&header))
+        .await
+        .unwrap()
+}
+
+/// Who answered `n` requests with `header` (None: no header); panics on a failed request.
+async fn answers(stack: &Stack, n: usize, user: Option<&str>) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..n {
+        let who = served_by(stack.service, user.map(|u| ("x-user", u))).await.unwrap();
+        *seen.entry(who).or_default() += 1;
+    }
+    seen
+}
+
+fn pods_only(seen: &BTreeMap<String, usize>) -> bool {
+    seen.keys().all(|who| who.starts_with("api-"))
+}
+
+/// Test 1: 3 replicas; alice and bob intercept with different headers; 300 requests
+/// through the Service: alice's reach alice, bob's reach bob, the others the pods, all 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_developers_share_every_replica_and_the_rest_reaches_the_pods() {
+    let stack = stack(3).await;
+    let alice = intercept(&stack, "alice").await;
+    let bob = intercept(&stack, "bob").await;
+    stack.wait_routes(2).await.unwrap();
+
+    let mut by_header: BTreeMap<&str, BTreeMap<String, usize>> = BTreeMap::new();
+    for i in 0..300 {
+        // Round-robin over the headers, rotated every 3 requests: kubesim's balancer is
+        // round-robin over 3 pods too, and must not see the same header on the same pod.
+        let user = [Some("alice"), Some("bob"), None][(i + i / 3) % 3];
+        let who = served_by(stack.service, user.map(|u| ("x-user", u)))
+            .await
+            .unwrap_or_else(|e| panic!("request {i} ({user:?}) failed: {e:#}"));
+        *by_header
+            .entry(user.unwrap_or("-"))
+            .or_default()
+            .entry(who)
+            .or_default() += 1;
+    }
+    assert_eq!(
+        by_header["alice"],
+        BTreeMap::from([("alice".to_owned(), 100)]),
+        "{by_header:?}"
+    );
+    assert_eq!(
+        by_header["bob"],
+        BTreeMap::from([("bob".to_owned(), 100)]),
+        "{by_header:?}"
+    );
+    let others = &by_header["-"];
+    assert!(pods_only(others), "{by_header:?}");
+    assert_eq!(others.len(), 3, "every pod answered some: {others:?}");
+    assert_eq!(others.values().sum::<usize>(), 100);
+    assert_eq!((alice.served(), bob.served()), (100, 100));
+}
+
+/// Test 4: scale 3 → 5 during alice's session: the new pods route her requests too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_added_during_a_session_route_it_too() {
+    let stack = stack(3).await;
+    let alice = intercept(&stack, "alice").await;
+    stack.wait_routes(1).await.unwrap();
+    let before: Vec<String> = pod_names(&stack).await;
+    stack.scale(5).await.unwrap();
+    stack.wait_routes(1).await.unwrap();
+    let after = pod_names(&stack).await;
+    let new: Vec<&String> = after.iter().filter(|p| !before.contains(p)).collect();
+    assert_eq!(new.len(), 2, "{before:?} → {after:?}");
+
+    // Alice's requests through the Service: all hers (the balancer spreads them over 5 pods).
+    let served_before = alice.served();
+    assert_eq!(
+        answers(&stack, 100, Some("alice")).await,
+        BTreeMap::from([("alice".to_owned(), 100)])
+    );
+    assert_eq!(alice.served() - served_before, 100);
+    // The others reach all 5 pods, the new ones included: they are in the Service.
+    let others = answers(&stack, 100, None).await;
+    assert!(pods_only(&others) && others.len() == 5, "{others:?}");
+    for pod in new {
+        assert!(
+            others.contains_key(pod),
+            "new pod {pod} is not in the Service: {others:?}"
+        );
+    }
+}
+
+async fn pod_names(stack: &Stack) -> Vec<String> {
+    let mut names: Vec<String> = stack
+        .pods()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Test 5: `kill -9` of alice's CLI: within the grace period plus a second her header
+/// reaches the pods again, and her session is gone from the sessions list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_cli_ends_its_session_after_the_grace_period() {
+    let stack = stack(3).await;
+    let mut alice = intercept(&stack, "alice").await;
+    stack.wait_routes(1).await.unwrap();
+    assert_eq!(
+        answers(&stack, 6, Some("alice")).await,
+        BTreeMap::from([("alice".to_owned(), 6)])
+    );
+
+    alice.cli.start_kill().unwrap(); // SIGKILL: no chance to delete the session
+    alice.cli.wait().await.unwrap();
+    let killed = Instant::now();
+    let limit = GRACE + Duration::from_secs(1);
+    // From the kill on, alice's requests never fail (fail-open); once the session ends
+    // they reach the pods, and the session is no longer listed.
+    let back = poll("alice's header to reach the pods again", limit * 2, async || {
+        let who = served_by(stack.service, Some(("x-user", "alice"))).await.unwrap();
+        let sessions = stack.sessions().await.unwrap();
+        let listed = sessions.iter().any(|s| s["status"]["user"] == "alice");
+        (who.starts_with("api-") && !listed).then(|| killed.elapsed())
+    })
+    .await
+    .unwrap();
+    assert!(
+        back <= limit,
+        "took {back:?}, more than the grace period plus a second ({limit:?})"
+    );
+    let after = answers(&stack, 30, Some("alice")).await;
+    assert!(pods_only(&after), "{after:?}");
+    drop(alice);
+}
+
+/// Test 7: carol mirrors: she receives a copy of every request, the clients get the pods'
+/// answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_gets_copies_while_the_pods_answer() {
+    let stack = stack(3).await;
+    let carol = Developer::start(&stack, &shunt(), "carol", Kind::Mirror, Some("x-user: carol"))
+        .await
+        .unwrap();
+    stack.wait_routes(1).await.unwrap();
+    let seen = answers(&stack, 60, Some("carol")).await;
+    assert!(pods_only(&seen) && seen.len() == 3, "{seen:?}");
+    poll("60 copies at carol's", Duration::from_secs(5), async || {
+        (carol.served() == 60).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: she got {}", carol.served()));
+    // Requests without her header are not copied to her: after 30 of them and one of
+    // hers, she has exactly one copy more.
+    let others = answers(&stack, 30, None).await;
+    assert!(pods_only(&others), "{others:?}");
+    answers(&stack, 1, Some("carol")).await;
+    poll("the 61st copy", Duration::from_secs(5), async || {
+        (carol.served() >= 61).then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(carol.served(), 61);
+}
