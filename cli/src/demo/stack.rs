@@ -59,12 +59,20 @@ pub struct Stack {
     dir: PathBuf,
     timeout: Duration,
     tasks: Vec<JoinHandle<()>>,
+    /// The operator's own runtime: shutting it down drops all its tasks, listeners and
+    /// connections at once, as `kill -9` of its process would.
+    operator: Option<tokio::runtime::Runtime>,
+    operator_args: Option<shunt_operator::config::Args>,
+    operator_api: SocketAddr,
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
         for task in &self.tasks {
             task.abort();
+        }
+        if let Some(runtime) = self.operator.take() {
+            runtime.shutdown_background();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -256,6 +264,9 @@ impl Stack {
             dir,
             timeout: options.timeout,
             tasks: Vec::new(),
+            operator: None,
+            operator_args: None,
+            operator_api: SocketAddr::from(([127, 0, 0, 1], 0)),
         };
         create(&admin, "/api/v1/namespaces", json!({"metadata": {"name": SYSTEM_NS}})).await?;
         let shop = json!({"metadata": {"name": NS, "labels": {shunt_proto::names::LABEL_INJECTION: "enabled"}}});
@@ -268,8 +279,7 @@ impl Stack {
     }
 
     async fn start_operator(&mut self, options: &StackOptions) -> anyhow::Result<()> {
-        let admin = &self.admin;
-        grant_operator(admin).await?;
+        grant_operator(&self.admin).await?;
         let ca = kubesim::pki::Ca::new("shunt-operator-ca")?;
         let api = ca.server(&[format!("shunt-api.{SYSTEM_NS}.svc")], &[])?;
         let hub = ca.server(&[HUB_NAME.to_owned()], &[])?;
@@ -281,14 +291,7 @@ impl Stack {
             write(d, "hub.key", &hub.key_pem)?,
         ];
         write(d, "operator-ca.crt", &ca.cert_pem)?;
-        let listeners = shunt_operator::Listeners {
-            api: bind().await?,
-            hub: bind().await?,
-            admin: bind().await?,
-        };
-        let api_addr = listeners.api.local_addr()?;
-        self.operator_admin = listeners.admin.local_addr()?;
-        self.hub = listeners.hub.local_addr()?;
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
         let grace = format!("{}ms", options.session_grace.as_millis());
         let path = |p: &PathBuf| p.display().to_string();
         let argv = [
@@ -313,12 +316,10 @@ impl Stack {
             HUB_NAME,
         ];
         let args = <shunt_operator::config::Args as clap::Parser>::try_parse_from(argv)?;
-        let client = client_for(&self.cluster, "shunt-operator", &[]).await?;
-        self.tasks.push(tokio::spawn(async move {
-            if let Err(error) = shunt_operator::run_with(args, client, listeners, std::future::pending()).await {
-                tracing::error!(error = format!("{error:#}"), "the operator stopped");
-            }
-        }));
+        self.operator_args = Some(args);
+        self.run_operator([any; 3])?;
+        let api_addr = self.operator_api;
+        let admin = &self.admin;
 
         expose(admin, "shunt-api", api_addr).await?;
         let api_service = json!({
@@ -342,6 +343,63 @@ impl Stack {
             },
         )
         .await
+    }
+
+    /// Binds the operator's listeners on `addrs` (api, hub, admin; port 0: any) and runs it
+    /// on a runtime of its own.
+    fn run_operator(&mut self, addrs: [SocketAddr; 3]) -> anyhow::Result<()> {
+        let args = self
+            .operator_args
+            .clone()
+            .context("the operator was never configured")?;
+        let bind = |addr: SocketAddr| {
+            let listener = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen on {addr} for the operator"))?;
+            listener.set_nonblocking(true)?;
+            anyhow::Ok(listener)
+        };
+        let (api, hub, admin) = (bind(addrs[0])?, bind(addrs[1])?, bind(addrs[2])?);
+        self.operator_api = api.local_addr()?;
+        self.hub = hub.local_addr()?;
+        self.operator_admin = admin.local_addr()?;
+        let kubeconfig: Kubeconfig = serde_json::from_value(self.cluster.kubeconfig("shunt-operator", &[])?)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("shunt-operator")
+            .enable_all()
+            .build()
+            .context("cannot start the operator's runtime")?;
+        runtime.spawn(async move {
+            let run = async {
+                let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+                let listeners = shunt_operator::Listeners {
+                    api: tokio::net::TcpListener::from_std(api)?,
+                    hub: tokio::net::TcpListener::from_std(hub)?,
+                    admin: tokio::net::TcpListener::from_std(admin)?,
+                };
+                shunt_operator::run_with(args, kube::Client::try_from(config)?, listeners, std::future::pending()).await
+            };
+            if let Err(error) = run.await {
+                tracing::error!(error = format!("{error:#}"), "the operator stopped");
+            }
+        });
+        self.operator = Some(runtime);
+        Ok(())
+    }
+
+    /// Stops the operator at once, as `kill -9` would: no drain, every task, listener and
+    /// connection (hub streams, tunnels, API requests) dropped; what it held in memory is lost.
+    pub fn kill_operator(&mut self) {
+        if let Some(runtime) = self.operator.take() {
+            runtime.shutdown_background();
+        }
+    }
+
+    /// Starts the operator again on the same API, hub and admin addresses (the APIService
+    /// and the sidecars find it there), after [`Stack::kill_operator`].
+    pub fn restart_operator(&mut self) -> anyhow::Result<()> {
+        self.kill_operator();
+        self.run_operator([self.operator_api, self.hub, self.operator_admin])
     }
 
     async fn start_webhook(&mut self) -> anyhow::Result<()> {
