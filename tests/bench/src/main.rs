@@ -18,11 +18,13 @@
 mod client;
 mod haproxy;
 mod http;
+mod hubload;
 mod interrupt;
 mod parse;
 mod procfs;
 mod report;
 mod scenario;
+mod session;
 mod webhook;
 mod world;
 
@@ -42,6 +44,8 @@ Build first and run as root, from the workspace root:
 Usage: shunt-bench sidecar [--duration SECS] [--connections N]
        shunt-bench webhook [--duration SECS]   (shunt-webhook vs an echo handler over TLS; no root;
                                                 build with -p shunt-webhook too)
+       shunt-bench session [--requests N]     (session set-up time and stolen-request latency on the
+                                                full stack on kubesim; no root; build with -p shunt-cli too)
 
   --duration SECS   measured seconds per scenario and protocol, after a 2 s warm-up [default: 10]
   --connections N   wrk connections; h2load opens N/4 connections with 10 streams each [default: 32]
@@ -57,6 +61,8 @@ fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
         Some("webhook") => return exit(webhook::main(args)),
+        Some("session") => return exit(session::main(args)),
+        Some(hubload::CLIENTS_COMMAND) => return exit(hubload::clients_main(args)),
         Some(webhook::ECHO_COMMAND) => return exit(webhook::echo_server(args)),
         _ => {}
     }
