@@ -211,8 +211,10 @@ async fn deployment_of_echo_pods(network: Network) {
     for pod in &three {
         assert!(name(pod).starts_with("echo-"), "{}", name(pod));
         assert!(!process_gone(pid_of(pod).unwrap()), "{} has a live process", name(pod));
-        assert_eq!(get_h1(pod_addr(pod)).await.as_deref(), Some(name(pod).as_str()));
-        assert_eq!(get_h2c(pod_addr(pod)).await.as_deref(), Some(name(pod).as_str()));
+        // Ready (no probe) can come a moment before the server listens: poll for the first answer.
+        let addr = pod_addr(pod);
+        assert_eq!(eventually("the pod answers HTTP/1.1", || get_h1(addr)).await, name(pod));
+        assert_eq!(get_h2c(addr).await.as_deref(), Some(name(pod).as_str()));
     }
     let owner = &three[0].metadata.owner_references.as_ref().unwrap()[0];
     assert_eq!((owner.kind.as_str(), owner.controller), ("ReplicaSet", Some(true)));
@@ -513,7 +515,11 @@ async fn env_volumes_init_containers_and_logs() {
     assert_eq!(web, BTreeSet::from(["web-0".to_owned(), "web-1".to_owned()]));
     let agent = ready_pods(&pods, "agent", 1).await;
     assert!(name(&agent[0]).starts_with("agent-"));
-    assert_eq!(get_h1(pod_addr(&agent[0])).await, Some(name(&agent[0])));
+    // Without a readiness probe a pod is Ready once its process runs (as in Kubernetes),
+    // which can be a moment before the echo server listens.
+    let agent_addr = pod_addr(&agent[0]);
+    let answered = eventually("the DaemonSet pod answers", || get_h1(agent_addr)).await;
+    assert_eq!(answered, name(&agent[0]));
 
     // A rolling update replaces every pod with the new template; the old ReplicaSet stays at 0.
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
