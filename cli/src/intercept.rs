@@ -84,7 +84,7 @@ pub async fn run(cluster: &Cluster, args: &SessionArgs, mode: Mode) -> anyhow::R
     ));
     let tunnels = tokio::spawn(keep_tunnel(
         cluster.clone(),
-        name.clone(),
+        object.clone(),
         forwarder,
         connected.0,
         done_tx,
@@ -142,16 +142,38 @@ async fn shutdown_signal() {
     }
 }
 
+/// What a 404 for our own session means: the operator ended it on purpose (its message
+/// says `ended`: deleted, grace period over, a policy) or it does not know the session,
+/// as after an operator restart, which forgets every session.
+fn ended_on_purpose(message: &str) -> bool {
+    message.contains("ended")
+}
+
+/// Creates the session again after an operator restart lost it; `None` when it is back.
+async fn recreate(cluster: &Cluster, object: &DynamicObject) -> Option<String> {
+    let api = cluster.sessions(Some(&cluster.namespace));
+    match api.create(&PostParams::default(), object).await {
+        Ok(_) => None,
+        Err(kube::Error::Api(s)) if s.code == 409 && s.reason == "AlreadyExists" => None,
+        Err(e) => Some(format!(
+            "the operator lost the session and it cannot be created again: {:#}",
+            explain(e)
+        )),
+    }
+}
+
 /// Opens the tunnel and serves it; on loss, reconnects with back-off (0.2 s doubling to
-/// 10 s). A session that no longer exists or may not be opened ends the CLI.
+/// 10 s). A session ended on purpose, or a tunnel that may not be opened, ends the CLI; a
+/// session the operator lost (restart) is created again.
 async fn keep_tunnel(
     cluster: Cluster,
-    name: String,
+    object: DynamicObject,
     forwarder: Forwarder,
     connected: watch::Sender<bool>,
     done: watch::Sender<Option<String>>,
 ) {
     let ns = cluster.namespace.clone();
+    let name = object.metadata.name.clone().unwrap_or_default();
     let mut backoff = Duration::from_millis(200);
     loop {
         match tunnel::open(&cluster.client, &ns, &name).await {
@@ -168,6 +190,15 @@ async fn keep_tunnel(
                 if since.elapsed() > Duration::from_secs(10) {
                     backoff = Duration::from_millis(200);
                 }
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 && !ended_on_purpose(&s.message) => {
+                *forwarder.stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some("the operator lost the session (restarted?); creating it again".to_owned());
+                if let Some(why) = recreate(&cluster, &object).await {
+                    done.send_replace(Some(format!("session {ns}/{name}: {why}")));
+                    return;
+                }
+                continue;
             }
             Err(kube::Error::Api(s)) if s.code == 404 || s.code == 403 => {
                 let why = if s.code == 404 {
@@ -205,6 +236,8 @@ async fn status_line(
         tick.tick().await;
         let pods = match api.get(&name).await {
             Ok(obj) => pods_reached(obj.data.get("status")),
+            // Not ended on purpose: the operator lost it; the tunnel task creates it again.
+            Err(kube::Error::Api(s)) if s.code == 404 && !ended_on_purpose(&s.message) => "pods ?".to_owned(),
             Err(kube::Error::Api(s)) if s.code == 404 => {
                 // The operator says why when a policy ended the session.
                 let why = if s.message.contains("ended by policy") {

@@ -76,8 +76,6 @@ fn sent_count(log: &Mutex<Vec<Sent>>) -> usize {
 /// the wrong developer, never failing); once the CLIs reconnect, they reach alice and bob
 /// again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "product bug: after an operator restart the CLI gets 404 for its session and exits \
-            (\"ended elsewhere\") instead of recreating it; run with --ignored"]
 async fn an_operator_restart_fails_open_and_the_sessions_come_back() {
     let _serial = SERIAL.lock().await;
     let mut stack = stack(3).await;

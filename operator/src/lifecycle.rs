@@ -170,7 +170,11 @@ impl Lifecycle {
     }
 
     fn end(&self, s: &Session) -> bool {
-        if self.registry.delete(&s.namespace, &s.name).is_none() {
+        let reason = format!(
+            "ended: its CLI was not connected for {:?} (the grace period)",
+            self.grace
+        );
+        if self.registry.end(&s.namespace, &s.name, reason).is_none() {
             return false;
         }
         self.tunnels.unregister(&s.namespace, &s.name);

@@ -74,10 +74,16 @@ pub enum Refusal {
     },
 }
 
+/// How long the reason of an ended session is kept for the CLI that looks for it.
+const ENDED_KEPT: std::time::Duration = std::time::Duration::from_secs(600);
+
 #[derive(Default)]
 struct Inner {
     sessions: BTreeMap<(String, String), Session>,
     generation: u64,
+    /// Sessions ended on purpose (deleted, grace period over), with why: a CLI that finds
+    /// its session gone can tell that from an operator restart, which forgets everything.
+    ended: BTreeMap<(String, String), (std::time::Instant, String)>,
 }
 
 /// The registry. Cheap to clone (shared state).
@@ -145,6 +151,7 @@ impl Registry {
         if let Some(refusal) = inner.sessions.values().find_map(|old| conflict(&session, old)) {
             return Err(refusal);
         }
+        inner.ended.remove(&key);
         inner.sessions.insert(key, session.clone());
         self.bump(&mut inner);
         Ok(session)
@@ -158,6 +165,27 @@ impl Registry {
             self.bump(&mut inner);
         }
         gone
+    }
+
+    /// Ends a session on purpose and remembers `reason` (e.g. `deleted by alice`) for a while.
+    pub fn end(&self, namespace: &str, name: &str, reason: String) -> Option<Session> {
+        let gone = self.delete(namespace, name)?;
+        let mut inner = self.lock();
+        inner.ended.retain(|_, (at, _)| at.elapsed() < ENDED_KEPT);
+        inner.ended.insert(
+            (namespace.to_owned(), name.to_owned()),
+            (std::time::Instant::now(), reason),
+        );
+        Some(gone)
+    }
+
+    /// Why `namespace/name` was ended on purpose, if it was (in the last ten minutes).
+    pub fn ended_reason(&self, namespace: &str, name: &str) -> Option<String> {
+        let inner = self.lock();
+        inner
+            .ended
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .map(|(_, why)| why.clone())
     }
 
     /// One session.

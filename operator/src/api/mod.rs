@@ -162,7 +162,8 @@ async fn open_tunnel(
 ) -> Response {
     // A CLI reconnecting to a session a policy ended learns why.
     if state.registry.get(&namespace, &name).is_none() {
-        if let Some(why) = policies.and_then(|p| p.ended_reason(&namespace, &name)) {
+        let why = state.registry.ended_reason(&namespace, &name);
+        if let Some(why) = why.or_else(|| policies.and_then(|p| p.ended_reason(&namespace, &name))) {
             return axum::response::IntoResponse::into_response(ApiError::not_found(format!("session {name:?} {why}")));
         }
     }

@@ -301,8 +301,10 @@ pub async fn get(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let session = state.registry.get(&namespace, &name).ok_or_else(|| {
-        // The CLI of a session a policy ended learns why from this 404.
-        match policies.and_then(|p| p.ended_reason(&namespace, &name)) {
+        // The CLI of a session that was ended (deleted, grace over, a policy) learns why
+        // from this 404; a plain 404 means the operator does not know it (restarted).
+        let why = state.registry.ended_reason(&namespace, &name);
+        match why.or_else(|| policies.and_then(|p| p.ended_reason(&namespace, &name))) {
             Some(why) => ApiError::not_found(format!("session {name:?} {why}")),
             None => not_found(&name),
         }
@@ -324,7 +326,7 @@ pub async fn delete(
 ) -> Result<Response, ApiError> {
     let session = state
         .registry
-        .delete(&namespace, &name)
+        .end(&namespace, &name, format!("ended: deleted by {}", caller.user))
         .ok_or_else(|| not_found(&name))?;
     state.tunnels.unregister(&namespace, &name);
     tracing::info!(session.namespace = %namespace, session.name = %name, by = %caller.user, "session deleted");

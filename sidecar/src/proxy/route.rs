@@ -287,7 +287,8 @@ async fn to_upstream(
 /// Without a connection the request comes back unsent (the app serves it). If the
 /// operator answers "unavailable" (no CLI for the session; it did not read the body), a
 /// request without a body is rebuilt from its head and comes back unsent too; one whose
-/// body already left cannot be replayed, so the client gets that 503 (outer `Err`).
+/// body already left cannot be replayed, so the client gets that 503 (outer `Err`). A
+/// bodiless GET/HEAD/OPTIONS whose operator connection broke mid-request is replayed too.
 async fn send_hub(
     shared: &Arc<Shared>,
     route: &ActiveRoute,
@@ -319,6 +320,13 @@ async fn send_hub(
             strip_hop_headers(resp.headers_mut(), false);
             Ok(Ok(resp.map(boxed)))
         }
+        // The operator went away with the request in flight (e.g. killed). A bodiless
+        // request with a safe method (RFC 9110 §9.2.1: no side effects to repeat) is served
+        // by the app instead; anything else may have reached the developer, so it fails.
+        Err(SendError::Sent(e)) if replay.as_ref().is_some_and(|h| h.method().is_safe()) => Ok(Err(SendError::Unsent(
+            Box::new(replay.unwrap_or_else(|| Request::new(super::body::empty()))),
+            format!("the operator connection failed mid-request: {e}"),
+        ))),
         Err(e) => Ok(Err(e)),
     }
 }
