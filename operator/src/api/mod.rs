@@ -157,13 +157,11 @@ async fn open_tunnel(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path((namespace, name)): Path<(String, String)>,
-    policies: Option<axum::Extension<crate::policy::Policies>>,
     req: Request,
 ) -> Response {
     // A CLI reconnecting to a session a policy ended learns why.
     if state.registry.get(&namespace, &name).is_none() {
-        let why = state.registry.ended_reason(&namespace, &name);
-        if let Some(why) = why.or_else(|| policies.and_then(|p| p.ended_reason(&namespace, &name))) {
+        if let Some(why) = state.registry.ended_reason(&namespace, &name) {
             return axum::response::IntoResponse::into_response(ApiError::not_found(format!("session {name:?} {why}")));
         }
     }

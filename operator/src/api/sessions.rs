@@ -297,14 +297,12 @@ pub async fn get(
     State(state): State<Arc<AppState>>,
     _caller: Caller,
     Path((namespace, name)): Path<(String, String)>,
-    policies: Option<axum::Extension<crate::policy::Policies>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let session = state.registry.get(&namespace, &name).ok_or_else(|| {
         // The CLI of a session that was ended (deleted, grace over, a policy) learns why
         // from this 404; a plain 404 means the operator does not know it (restarted).
-        let why = state.registry.ended_reason(&namespace, &name);
-        match why.or_else(|| policies.and_then(|p| p.ended_reason(&namespace, &name))) {
+        match state.registry.ended_reason(&namespace, &name) {
             Some(why) => ApiError::not_found(format!("session {name:?} {why}")),
             None => not_found(&name),
         }

@@ -9,10 +9,10 @@
 pub mod evaluate;
 pub mod review;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -32,15 +32,7 @@ pub use evaluate::{evaluate, Decision, Labels, Policy, Request, Scope, Target};
 pub struct Policies {
     valid: Arc<RwLock<Vec<Policy>>>,
     loaded: Arc<AtomicBool>,
-    /// Why recently ended sessions ended, for the CLI that looks for them next.
-    ended: Arc<Mutex<HashMap<(String, String), Ended>>>,
 }
-
-/// When and why a session was ended by a policy.
-type Ended = (Instant, String);
-
-/// How long the reason of a session ended by a policy is kept.
-const ENDED_KEPT: Duration = Duration::from_secs(600);
 
 /// Why a session cannot be checked against the policies.
 #[derive(Debug, thiserror::Error)]
@@ -66,20 +58,6 @@ impl Policies {
             .read()
             .map(|v| v.clone())
             .unwrap_or_else(|p| p.into_inner().clone())
-    }
-
-    /// Why the session `namespace/name` was ended by a policy (in the last ten minutes).
-    pub fn ended_reason(&self, namespace: &str, name: &str) -> Option<String> {
-        let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
-        ended
-            .get(&(namespace.to_owned(), name.to_owned()))
-            .map(|(_, why)| why.clone())
-    }
-
-    fn record_end(&self, namespace: &str, name: &str, why: String) {
-        let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
-        ended.retain(|_, (at, _)| at.elapsed() < ENDED_KEPT);
-        ended.insert((namespace.to_owned(), name.to_owned()), (Instant::now(), why));
     }
 
     fn replace(&self, policies: Vec<Policy>) {
@@ -351,10 +329,9 @@ impl Controller {
         status.phase = "Ended".into();
         status.message = reason.clone();
         self.registry.set_status(&s.namespace, &s.name, status);
-        if self.registry.delete(&s.namespace, &s.name).is_none() {
+        if self.registry.end(&s.namespace, &s.name, reason.clone()).is_none() {
             return;
         }
-        self.policies.record_end(&s.namespace, &s.name, reason.clone());
         self.tunnels.unregister(&s.namespace, &s.name);
         tracing::info!(session.namespace = %s.namespace, session.name = %s.name, session.user = %s.user,
             policy = decision.policy.as_deref().unwrap_or_default(), rule = decision.rule.as_deref().unwrap_or_default(),
