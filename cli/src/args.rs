@@ -51,11 +51,16 @@ pub enum Command {
     #[command(after_help = SESSIONS_EXAMPLES)]
     Sessions(SessionsArgs),
     /// List the workloads that sessions can target, with injected and ready pods.
-    #[command(after_help = "Examples:\n  shunt targets -n shop\n  shunt targets -o json")]
+    #[command(after_help = "Examples:\n  shunt targets -n shop\n  shunt targets -o yaml")]
     Targets(OutputArgs),
-    /// Check the installation and a namespace; each failed check says how to fix it.
-    #[command(after_help = "Examples:\n  shunt doctor -n shop")]
-    Doctor,
+    /// Check the installation, a namespace and optionally a target; each failed check says how to fix it.
+    #[command(
+        after_help = "Examples:\n  shunt doctor -n shop\n  shunt doctor -n shop deploy/api   # also: every pod injected, every sidecar connected"
+    )]
+    Doctor {
+        /// A target (`deploy/api`, `service/api`, ...) whose pods to check.
+        target: Option<shunt_proto::TargetRef>,
+    },
     /// Explain the shunt policies: would a session be allowed, and which policy and rule decide?
     Policy(crate::policy::PolicyArgs),
     /// Run the whole system on a local test cluster (no root) and show who answers what.
@@ -149,7 +154,7 @@ pub enum SessionsCommand {
 /// `-o`.
 #[derive(Debug, Args, Clone, Copy)]
 pub struct OutputArgs {
-    /// Output format (YAML is not offered: the CLI carries no YAML encoder; use json).
+    /// Output format: an aligned table, or the API's list object as JSON or YAML.
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
 }
@@ -159,8 +164,10 @@ pub struct OutputArgs {
 pub enum Output {
     /// Aligned columns.
     Table,
-    /// The API's list object.
+    /// The API's list object as JSON.
     Json,
+    /// The API's list object as YAML.
+    Yaml,
 }
 
 /// `8080` or `8080:3000`.

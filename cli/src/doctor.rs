@@ -1,14 +1,18 @@
 //! `shunt doctor`: checks the installation and the namespace, one line per check; a
 //! failing check says how to fix it. Checks: the aggregated API's APIService is
 //! Available, the webhook's `caBundle` holds a certificate, the namespace is labelled for
-//! injection. (Per-pod sidecar connection checks are not done yet.)
+//! injection, and, given a target, that it exists, that every pod of it has a sidecar and
+//! that every running sidecar is connected to the operator (the operator's `targets`
+//! answer, which sees its hub's connections).
 
 use base64::Engine as _;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::ListParams;
 use kube::Api;
+use serde_json::Value;
 use shunt_proto::names::{INJECTION_ENABLED, LABEL_INJECTION};
+use shunt_proto::TargetRef;
 
 use crate::cluster::Cluster;
 
@@ -16,12 +20,15 @@ use crate::cluster::Cluster;
 type Check = Result<String, String>;
 
 /// Runs every check; fails (exit code 1) if one fails.
-pub async fn run(cluster: &Cluster) -> anyhow::Result<()> {
-    let checks = [
+pub async fn run(cluster: &Cluster, target: Option<&TargetRef>) -> anyhow::Result<()> {
+    let mut checks = vec![
         ("API", api_service(cluster).await),
         ("webhook", webhook(cluster).await),
         ("namespace", namespace(cluster).await),
     ];
+    if let Some(target) = target {
+        checks.extend(target_checks(cluster, target).await);
+    }
     let mut failed = 0;
     for (name, check) in &checks {
         match check {
@@ -129,5 +136,107 @@ async fn namespace(cluster: &Cluster) -> Check {
         Err(format!(
             "namespace {ns} is not labelled for injection: kubectl label namespace {ns} {LABEL_INJECTION}={INJECTION_ENABLED}, then restart its workloads (kubectl rollout restart deploy -n {ns})"
         ))
+    }
+}
+
+/// The target's checks: it exists, its pods are injected, their sidecars connected.
+async fn target_checks(cluster: &Cluster, target: &TargetRef) -> Vec<(&'static str, Check)> {
+    let ns = &cluster.namespace;
+    let path = format!(
+        "/apis/api.shunt.dev/v1/namespaces/{ns}/targets/{}",
+        target.resource_name()
+    );
+    let obj = match cluster.get_json(&path).await {
+        Ok(obj) => obj,
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            return vec![(
+                "target",
+                Err(format!(
+                    "{target} is not a target in namespace {ns}: check the name with `shunt targets -n {ns}`"
+                )),
+            )]
+        }
+        Err(e) => return vec![("target", Err(format!("cannot read target {target}: {e}")))],
+    };
+    target_report(target, ns, &obj["status"])
+}
+
+/// Judges a Target's status (pure, for tests).
+fn target_report(target: &TargetRef, ns: &str, status: &Value) -> Vec<(&'static str, Check)> {
+    let count = |key: &str| status[key].as_u64().unwrap_or(0);
+    let names = |key: &str| -> Vec<String> {
+        status[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
+    };
+    let pods = count("pods");
+    let exists = if pods == 0 {
+        Err(format!(
+            "{target} selects no pods: scale it up (kubectl scale {target} -n {ns} --replicas=1) or check its selector"
+        ))
+    } else {
+        Ok(format!("{target} has {pods} pod(s), {} ready", count("ready")))
+    };
+    let not_injected = names("notInjected");
+    let injected = if not_injected.is_empty() {
+        Ok(format!("every pod of {target} has a shunt sidecar"))
+    } else {
+        Err(format!(
+            "{} pod(s) of {target} have no sidecar ({}): they started before the namespace was labelled or opt out with shunt.dev/inject=false; label the namespace and restart: kubectl rollout restart {target} -n {ns}",
+            not_injected.len(),
+            not_injected.join(", ")
+        ))
+    };
+    let not_connected = names("notConnected");
+    let connected = if not_connected.is_empty() {
+        Ok(format!(
+            "{} sidecar(s) of {target} are connected to the operator",
+            count("connected")
+        ))
+    } else {
+        Err(format!(
+            "{} sidecar(s) of {target} are not connected to the operator ({}): sessions do not reach them (their traffic goes to the app); see kubectl logs -n {ns} {} -c shunt-sidecar, and that the operator's Service shunt-operator has endpoints",
+            not_connected.len(),
+            not_connected.join(", "),
+            not_connected[0]
+        ))
+    };
+    vec![("target", exists), ("injected", injected), ("sidecars", connected)]
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_target_with_missing_and_disconnected_sidecars_gets_both_fixes() {
+        let target: TargetRef = "deploy/api".parse().unwrap();
+        let status = json!({"pods": 3, "ready": 3, "injected": 2, "connected": 1,
+            "notInjected": ["api-a"], "notConnected": ["api-b"]});
+        let report = target_report(&target, "shop", &status);
+        assert!(report[0].1.is_ok());
+        let injected = report[1].1.as_ref().unwrap_err();
+        assert!(
+            injected.contains("api-a") && injected.contains("rollout restart"),
+            "{injected}"
+        );
+        let connected = report[2].1.as_ref().unwrap_err();
+        assert!(
+            connected.contains("api-b") && connected.contains("-c shunt-sidecar"),
+            "{connected}"
+        );
+    }
+
+    #[test]
+    fn a_healthy_target_passes_every_check() {
+        let target: TargetRef = "deploy/api".parse().unwrap();
+        let status =
+            json!({"pods": 2, "ready": 2, "injected": 2, "connected": 2, "notInjected": [], "notConnected": []});
+        assert!(target_report(&target, "shop", &status).iter().all(|(_, c)| c.is_ok()));
     }
 }

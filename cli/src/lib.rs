@@ -45,7 +45,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             None => list::sessions(&cluster, args.all_namespaces, args.output.output).await,
         },
         Command::Targets(output) => list::targets(&cluster, output.output).await,
-        Command::Doctor => doctor::run(&cluster).await,
+        Command::Doctor { target } => doctor::run(&cluster, target.as_ref()).await,
         Command::Policy(args) => policy::run(&cluster, &args).await,
         Command::Completion { .. } | Command::Demo(_) => Ok(()),
     }

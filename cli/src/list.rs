@@ -1,5 +1,5 @@
 //! `shunt sessions`, `shunt sessions kill` and `shunt targets`: listings as aligned
-//! tables or the API's JSON.
+//! tables or the API's JSON or YAML.
 
 use kube::api::{DeleteParams, DynamicObject, ListParams, ObjectList};
 use kube::Api;
@@ -13,8 +13,8 @@ use crate::cluster::{age, explain, resource, Cluster};
 pub async fn sessions(cluster: &Cluster, all: bool, output: Output) -> anyhow::Result<()> {
     let api = cluster.sessions((!all).then_some(cluster.namespace.as_str()));
     let list = api.list(&ListParams::default()).await.map_err(explain)?;
-    if output == Output::Json {
-        return print_json(&list);
+    if output != Output::Table {
+        return print_object(&list, output);
     }
     let mut rows = vec![vec![
         "NAMESPACE",
@@ -82,10 +82,10 @@ pub async fn targets(cluster: &Cluster, output: Output) -> anyhow::Result<()> {
         &resource("Target", "targets"),
     );
     let list = api.list(&ListParams::default()).await.map_err(explain)?;
-    if output == Output::Json {
-        return print_json(&list);
+    if output != Output::Table {
+        return print_object(&list, output);
     }
-    let mut rows = vec![vec!["NAME", "KIND", "PODS", "INJECTED", "READY"]
+    let mut rows = vec![vec!["NAME", "KIND", "PODS", "INJECTED", "READY", "CONNECTED"]
         .into_iter()
         .map(String::from)
         .collect()];
@@ -98,6 +98,7 @@ pub async fn targets(cluster: &Cluster, output: Output) -> anyhow::Result<()> {
             count(&status["pods"]),
             count(&status["injected"]),
             count(&status["ready"]),
+            count(&status["connected"]),
         ]);
     }
     print_table(rows, true, "targets", &format!("namespace {}", cluster.namespace));
@@ -112,8 +113,12 @@ fn text(v: &Value) -> String {
     }
 }
 
-fn print_json(list: &ObjectList<DynamicObject>) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(list)?);
+/// Prints `list` as JSON or YAML, the way `kubectl get -o json|yaml` does.
+fn print_object(list: &ObjectList<DynamicObject>, output: Output) -> anyhow::Result<()> {
+    match output {
+        Output::Yaml => print!("{}", serde_saphyr::to_string(list)?),
+        _ => println!("{}", serde_json::to_string_pretty(list)?),
+    }
     Ok(())
 }
 

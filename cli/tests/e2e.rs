@@ -120,6 +120,32 @@ async fn pods_added_during_a_session_route_it_too() {
             "new pod {pod} is not in the Service: {others:?}"
         );
     }
+
+    // `shunt doctor` on the target sees all 5 pods injected and their sidecars connected.
+    let admin = stack
+        .kubeconfig_with_groups("kubesim-admin", &["system:masters"])
+        .unwrap();
+    let out = std::process::Command::new(shunt())
+        .args([
+            "--kubeconfig",
+            &admin.display().to_string(),
+            "doctor",
+            "-n",
+            "shop",
+            "deploy/api",
+        ])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        report.contains("every pod of deployment/api has a shunt sidecar"),
+        "{report}"
+    );
+    assert!(
+        report.contains("5 sidecar(s) of deployment/api are connected"),
+        "{report}"
+    );
 }
 
 async fn pod_names(stack: &Stack) -> Vec<String> {

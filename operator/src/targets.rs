@@ -160,6 +160,11 @@ pub fn ready(pod: &Pod) -> bool {
         .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
+/// Whether `pod` is Running (its sidecar can have connected).
+fn running(pod: &Pod) -> bool {
+    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+}
+
 /// A workload as `targets` lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TargetInfo {
@@ -173,13 +178,24 @@ pub struct TargetInfo {
     pub injected: usize,
     /// Of which ready.
     pub ready: usize,
+    /// Injected pods whose sidecar holds a connection to this operator's hub.
+    pub connected: usize,
+    /// Pods without a sidecar (created before the namespace was labelled, or opted out).
+    pub not_injected: Vec<String>,
+    /// Injected, running pods whose sidecar is not connected to the hub (yet).
+    pub not_connected: Vec<String>,
     /// When the workload was created (RFC 3339), if known.
     pub created: Option<String>,
 }
 
 /// The injectable workloads of `namespace` (Deployments, StatefulSets, DaemonSets,
-/// Rollouts where the CRD exists, Services with a selector) with their pod counts.
-pub async fn list(client: &kube::Client, namespace: &str) -> Result<Vec<TargetInfo>, TargetError> {
+/// Rollouts where the CRD exists, Services with a selector) with their pod counts;
+/// `connected(pod name)` says whether a pod's sidecar is connected to the hub.
+pub async fn list(
+    client: &kube::Client,
+    namespace: &str,
+    connected: impl Fn(&str) -> bool,
+) -> Result<Vec<TargetInfo>, TargetError> {
     let pods = pods(client, namespace).await?;
     let mut out = Vec::new();
     let kinds = [
@@ -210,11 +226,22 @@ pub async fn list(client: &kube::Client, namespace: &str) -> Result<Vec<TargetIn
                 continue;
             }
             let selected: Vec<&Pod> = pods.iter().filter(|p| selects(&selector, p)).collect();
+            let name_of = |p: &&Pod| p.metadata.name.clone().unwrap_or_default();
+            let is_connected = |p: &&&Pod| connected(p.metadata.name.as_deref().unwrap_or_default());
+            let not_injected: Vec<String> = selected.iter().filter(|p| !injected(p)).map(name_of).collect();
+            let not_connected = selected
+                .iter()
+                .filter(|p| injected(p) && running(p) && !is_connected(p))
+                .map(name_of)
+                .collect();
             out.push(TargetInfo {
                 target: TargetRef { kind, name },
                 pods: selected.len(),
-                injected: selected.iter().filter(|p| injected(p)).count(),
+                injected: selected.len() - not_injected.len(),
                 ready: selected.iter().filter(|p| ready(p)).count(),
+                connected: selected.iter().filter(|p| injected(p) && is_connected(p)).count(),
+                not_injected,
+                not_connected,
                 selector,
                 created: obj.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
             });

@@ -492,8 +492,13 @@ impl Stack {
 
     /// Writes a client-certificate kubeconfig for `user` into the stack's directory.
     pub fn kubeconfig(&self, user: &str) -> anyhow::Result<PathBuf> {
+        self.kubeconfig_with_groups(user, &[])
+    }
+
+    /// Writes a client-certificate kubeconfig for `user` in `groups` into the stack's directory.
+    pub fn kubeconfig_with_groups(&self, user: &str, groups: &[&str]) -> anyhow::Result<PathBuf> {
         let path = self.dir.join(format!("{user}.kubeconfig.json"));
-        self.cluster.write_kubeconfig(&path, user, &[])?;
+        self.cluster.write_kubeconfig(&path, user, groups)?;
         Ok(path)
     }
 

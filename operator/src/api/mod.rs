@@ -181,6 +181,13 @@ fn target_error(e: TargetError) -> ApiError {
     }
 }
 
+/// The targets of `namespace`, with the hub's view of which sidecars are connected.
+async fn list_targets_of(state: &AppState, namespace: &str) -> Result<Vec<targets::TargetInfo>, ApiError> {
+    targets::list(&state.client, namespace, |pod| state.hub.is_connected(namespace, pod))
+        .await
+        .map_err(target_error)
+}
+
 fn targets_answer(items: &[(String, targets::TargetInfo)], headers: &HeaderMap) -> Response {
     let body = if objects::wants_table(headers) {
         objects::target_table(items)
@@ -196,7 +203,7 @@ async fn list_targets(
     Path(namespace): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let items = targets::list(&state.client, &namespace).await.map_err(target_error)?;
+    let items = list_targets_of(&state, &namespace).await?;
     Ok(targets_answer(
         &items.into_iter().map(|t| (namespace.clone(), t)).collect::<Vec<_>>(),
         &headers,
@@ -215,13 +222,7 @@ async fn list_all_targets(
     })?;
     let mut items = Vec::new();
     for ns in namespaces.items.into_iter().filter_map(|n| n.metadata.name) {
-        items.extend(
-            targets::list(&state.client, &ns)
-                .await
-                .map_err(target_error)?
-                .into_iter()
-                .map(|t| (ns.clone(), t)),
-        );
+        items.extend(list_targets_of(&state, &ns).await?.into_iter().map(|t| (ns.clone(), t)));
     }
     Ok(targets_answer(&items, &headers))
 }
@@ -238,7 +239,7 @@ async fn get_target(
         ))
     };
     let target: TargetRef = name.replacen('.', "/", 1).parse().map_err(|_| missing())?;
-    let items = targets::list(&state.client, &namespace).await.map_err(target_error)?;
+    let items = list_targets_of(&state, &namespace).await?;
     let found = items.into_iter().find(|t| t.target == target).ok_or_else(missing)?;
     if objects::wants_table(&headers) {
         return Ok(targets_answer(&[(namespace, found)], &headers));

@@ -132,7 +132,8 @@ pub fn target_object(namespace: &str, t: &TargetInfo) -> Value {
     json!({
         "apiVersion": GROUP_VERSION, "kind": "Target", "metadata": metadata,
         "spec": {"target": t.target.to_string(), "selector": t.selector},
-        "status": {"pods": t.pods, "injected": t.injected, "ready": t.ready},
+        "status": {"pods": t.pods, "injected": t.injected, "ready": t.ready, "connected": t.connected,
+            "notInjected": t.not_injected, "notConnected": t.not_connected},
     })
 }
 
@@ -142,7 +143,7 @@ pub fn target_list(items: &[(String, TargetInfo)]) -> Value {
     json!({"apiVersion": GROUP_VERSION, "kind": "TargetList", "metadata": {}, "items": items})
 }
 
-/// The Table of targets: Name, Target, Pods, Injected, Ready.
+/// The Table of targets: Name, Target, Pods, Injected, Ready, Connected.
 pub fn target_table(items: &[(String, TargetInfo)]) -> Value {
     let columns = vec![
         column(
@@ -155,6 +156,12 @@ pub fn target_table(items: &[(String, TargetInfo)]) -> Value {
         column("Pods", "integer", "", "Pods of the target."),
         column("Injected", "integer", "", "Pods with a shunt sidecar."),
         column("Ready", "integer", "", "Ready pods."),
+        column(
+            "Connected",
+            "integer",
+            "",
+            "Pods whose sidecar is connected to the operator.",
+        ),
     ];
     let rows = items
         .iter()
@@ -165,6 +172,7 @@ pub fn target_table(items: &[(String, TargetInfo)]) -> Value {
                 json!(t.pods),
                 json!(t.injected),
                 json!(t.ready),
+                json!(t.connected),
             ];
             row(cells, &target_object(ns, t))
         })
