@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use shunt_cli::demo::developer::{Developer, Kind};
+use shunt_cli::demo::developer::{Developer, Kind, LocalApp};
 use shunt_cli::demo::stack::{poll, Stack, StackOptions};
 use shunt_cli::demo::traffic::served_by;
 
@@ -223,4 +223,23 @@ async fn a_mirror_gets_copies_while_the_pods_answer() {
     .await
     .unwrap();
     assert_eq!(carol.served(), 61);
+
+    // A stalled consumer (accepts, never reads): every client still gets its pod's answer.
+    // How much it costs them is measured by `shunt-bench session` (docs/benchmarks.md).
+    drop(carol);
+    stack.wait_routes(0).await.unwrap();
+    let stalled = Developer::start_with(
+        &stack,
+        &shunt(),
+        "carol",
+        Kind::Mirror,
+        Some("x-user: carol"),
+        LocalApp::Stalled,
+    )
+    .await
+    .unwrap();
+    stack.wait_routes(1).await.unwrap();
+    let seen = answers(&stack, 200, Some("carol")).await;
+    assert!(pods_only(&seen) && seen.values().sum::<usize>() == 200, "{seen:?}");
+    assert!(stalled.served() >= 1, "the copies never reached carol's stalled app");
 }

@@ -20,6 +20,16 @@ pub enum Kind {
     Mirror,
 }
 
+/// The developer's local app.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocalApp {
+    /// An echo server named after the developer.
+    Echo,
+    /// A server that accepts connections and never reads or answers (a hung debugger, a
+    /// stalled mirror consumer); its counter counts accepted connections.
+    Stalled,
+}
+
 /// A running developer.
 pub struct Developer {
     /// Their user name (also the `served_by` of their local app).
@@ -41,8 +51,23 @@ impl Developer {
         kind: Kind,
         header: Option<&str>,
     ) -> anyhow::Result<Developer> {
+        Developer::start_with(stack, shunt, name, kind, header, LocalApp::Echo).await
+    }
+
+    /// [`Developer::start`] with the given local app.
+    pub async fn start_with(
+        stack: &Stack,
+        shunt: &Path,
+        name: &str,
+        kind: Kind,
+        header: Option<&str>,
+        local: LocalApp,
+    ) -> anyhow::Result<Developer> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let app = shunt_echo::spawn(listener, name)?;
+        let app = match local {
+            LocalApp::Echo => shunt_echo::spawn(listener, name)?,
+            LocalApp::Stalled => stalled(listener)?,
+        };
         let kubeconfig = stack.kubeconfig(name)?;
         let verb = match kind {
             Kind::Intercept => "intercept",
@@ -118,4 +143,21 @@ impl Developer {
     pub fn served(&self) -> u64 {
         self.app.count()
     }
+}
+
+/// Accepts connections and holds them open without reading a byte (see [`LocalApp::Stalled`]).
+fn stalled(listener: tokio::net::TcpListener) -> std::io::Result<shunt_echo::Echo> {
+    let app = shunt_echo::Echo {
+        addr: listener.local_addr()?,
+        requests: Arc::default(),
+    };
+    let accepted = app.requests.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    Ok(app)
 }

@@ -10,6 +10,9 @@
 //!   → CLI → local app) against the local app called directly, and against the Service
 //!   reaching the pods' app (no header), p50/p99 over sequential requests on fresh
 //!   connections;
+//! - mirroring: the clients' latency through the Service with no session, with a mirror
+//!   session whose consumer answers, and with one whose consumer stalls (accepts, never
+//!   reads): blocks of the three alternate, so drift of a shared machine hits all alike;
 //! - memory: the growth of this process's VmRSS (the operator runs in it) when 1,000
 //!   simulated sidecars connect to the hub ([`crate::hubload`]).
 //!
@@ -25,7 +28,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use shunt_cli::demo::developer::{Developer, Kind};
+use shunt_cli::demo::developer::{Developer, Kind, LocalApp};
 use shunt_cli::demo::stack::{Stack, StackOptions, NS};
 use shunt_cli::demo::traffic::{get_text, served_by};
 
@@ -114,6 +117,8 @@ async fn run(shunt: &Path, options: &Options) -> Result<()> {
     let mut setups = vec![(3, setup_series(&stack, shunt, options.runs_small).await?)];
     eprintln!("latency: {} requests per series…", options.requests);
     let latency = latency(&stack, shunt, options.requests).await?;
+    eprintln!("mirroring: {} requests per case…", options.requests);
+    let mirror = mirror(&stack, shunt, options.requests).await?;
     eprintln!("scaling to {} replicas…", options.large);
     stack.scale(options.large).await?;
     setups.push((options.large, setup_series(&stack, shunt, options.runs_large).await?));
@@ -161,6 +166,23 @@ async fn run(shunt: &Path, options: &Options) -> Result<()> {
         ratio(stolen.0, direct.0),
         ratio(stolen.1, direct.1)
     );
+    println!(
+        "\nMirroring: the clients' requests carry the mirror session's header; {} per case, in \
+         {MIRROR_ROUNDS} alternating blocks, each on a fresh connection; every answer came from a pod:\n",
+        options.requests
+    );
+    println!("| case | p50 | p99 | p50 × none | p99 × none | copies at the consumer |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let none = mirror.cases[0].1;
+    for (case, (p50, p99), copies) in &mirror.cases {
+        println!(
+            "| {case} | {} | {} | {:.2}× | {:.2}× | {copies} |",
+            ms(*p50),
+            ms(*p99),
+            ratio(*p50, none.0),
+            ratio(*p99, none.1)
+        );
+    }
     println!(
         "\nMemory with {n} simulated sidecars (TLS + HTTP/2, routes watch open, pod-bound tokens) \
          connected to the hub, the clients in a child process; the operator runs in the bench \
@@ -308,6 +330,63 @@ async fn latency(stack: &Stack, shunt: &Path, requests: usize) -> Result<[(Durat
     Ok([direct, pods, stolen])
 }
 
+/// Blocks of the mirror comparison per case.
+const MIRROR_ROUNDS: usize = 4;
+
+/// The mirror comparison: (case, (p50, p99), copies the consumer got or connections it held).
+struct Mirror {
+    cases: Vec<(&'static str, (Duration, Duration), String)>,
+}
+
+/// Clients' latency with carol's header: no session, a mirror to an answering consumer, a
+/// mirror to a stalled one.
+async fn mirror(stack: &Stack, shunt: &Path, requests: usize) -> Result<Mirror> {
+    const CAROL: &str = "carol";
+    let header = format!("x-user: {CAROL}");
+    let block = requests.div_ceil(MIRROR_ROUNDS);
+    let mut times: [Vec<Duration>; 3] = Default::default();
+    let mut copies = [0u64; 3];
+    for _ in 0..MIRROR_ROUNDS {
+        for (case, samples) in times.iter_mut().enumerate() {
+            let developer = match case {
+                0 => None,
+                1 => Some(LocalApp::Echo),
+                _ => Some(LocalApp::Stalled),
+            };
+            let developer = match developer {
+                Some(app) => Some(Developer::start_with(stack, shunt, CAROL, Kind::Mirror, Some(&header), app).await?),
+                None => None,
+            };
+            stack.wait_routes(usize::from(developer.is_some())).await?;
+            samples.extend(timed(stack.service, Some(("x-user", CAROL)), block, "api-").await?);
+            if let Some(developer) = developer {
+                // Copies still in flight arrive within a moment.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                copies[case] += developer.served();
+                drop(developer);
+                stack.wait_routes(0).await?;
+            }
+        }
+    }
+    let names = ["no session", "mirror, consumer answers", "mirror, consumer stalled"];
+    let cases = names
+        .iter()
+        .zip(times.iter_mut())
+        .zip(copies)
+        .enumerate()
+        .map(|(case, ((name, samples), copies))| {
+            samples.sort();
+            let got = match case {
+                0 => "-".to_owned(),
+                1 => format!("{copies} of {}", samples.len()),
+                _ => format!("0 ({copies} connections held open)"),
+            };
+            (*name, (quantile(samples, 0.50), quantile(samples, 0.99)), got)
+        })
+        .collect();
+    Ok(Mirror { cases })
+}
+
 /// Times `requests` sequential GETs, checking who answered starts with `by`; (p50, p99).
 async fn series(
     addr: SocketAddr,
@@ -315,6 +394,14 @@ async fn series(
     requests: usize,
     by: &str,
 ) -> Result<(Duration, Duration)> {
+    let mut times = timed(addr, header, requests, by).await?;
+    times.sort();
+    Ok((quantile(&times, 0.50), quantile(&times, 0.99)))
+}
+
+/// The durations of `requests` sequential GETs after [`WARM_UP`] unmeasured ones,
+/// checking who answered starts with `by`.
+async fn timed(addr: SocketAddr, header: Option<(&str, &str)>, requests: usize, by: &str) -> Result<Vec<Duration>> {
     let mut times = Vec::with_capacity(requests);
     for i in 0..WARM_UP + requests {
         let started = Instant::now();
@@ -329,8 +416,7 @@ async fn series(
             times.push(took);
         }
     }
-    times.sort();
-    Ok((quantile(&times, 0.50), quantile(&times, 0.99)))
+    Ok(times)
 }
 
 fn quantile(sorted: &[Duration], q: f64) -> Duration {
