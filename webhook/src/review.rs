@@ -116,8 +116,8 @@ struct ResponseOut<'a> {
     warnings: Vec<String>,
 }
 
-/// Answers one AdmissionReview body.
-pub fn answer(body: &[u8], config: &InjectConfig) -> Result<Answer, BadReview> {
+/// Answers one AdmissionReview body; `own_ca_bundle` as for [`mutate`].
+pub fn answer(body: &[u8], config: &InjectConfig, own_ca_bundle: Option<&str>) -> Result<Answer, BadReview> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(BadReview::Empty);
     }
@@ -154,7 +154,7 @@ pub fn answer(body: &[u8], config: &InjectConfig) -> Result<Answer, BadReview> {
         .filter(|n| !n.is_empty())
         .or_else(|| pod.pointer("/metadata/namespace").and_then(Value::as_str))
         .unwrap_or("default");
-    Ok(match mutate(pod, namespace, config) {
+    Ok(match mutate(pod, namespace, config, own_ca_bundle) {
         Ok(Decision::Inject {
             patch,
             warnings,

@@ -67,8 +67,11 @@ pub fn router(state: Arc<AppState>) -> Router {
 async fn mutate_pods(State(state): State<Arc<AppState>>, body: Body) -> Response {
     let started = Instant::now();
     let bytes = read_body(body, state.max_body_bytes).await;
+    // Mode self: the CA bundle of the Secret served now (sidecars verify the operator with it).
+    let own_ca_bundle = state.store.ca_bundle();
     let result = bytes.and_then(|bytes| {
-        review::answer(&bytes, &state.inject).map_err(|bad| (StatusCode::BAD_REQUEST, format!("{bad}\n")))
+        review::answer(&bytes, &state.inject, own_ca_bundle.as_deref())
+            .map_err(|bad| (StatusCode::BAD_REQUEST, format!("{bad}\n")))
     });
     match result {
         Ok(answer) => {

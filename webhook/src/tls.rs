@@ -100,10 +100,42 @@ pub fn validity(cert: &CertificateDer<'_>) -> Result<(i64, String), TlsError> {
     Ok((parsed.validity().not_after.timestamp(), parsed.raw_serial_as_string()))
 }
 
-/// The certificate being served; the rustls resolver of the server.
+/// The DNS names and IP addresses (as text, DNS names lowercase) a DER certificate is for.
+pub fn subject_alt_names(cert: &CertificateDer<'_>) -> Result<Vec<String>, TlsError> {
+    use x509_parser::extensions::GeneralName;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).map_err(|e| TlsError::X509(e.to_string()))?;
+    let Some(san) = parsed
+        .subject_alternative_name()
+        .map_err(|e| TlsError::X509(e.to_string()))?
+    else {
+        return Ok(Vec::new());
+    };
+    Ok(san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DNSName(dns) => Some(dns.to_ascii_lowercase()),
+            GeneralName::IPAddress(bytes) => match bytes.len() {
+                4 => <[u8; 4]>::try_from(*bytes)
+                    .ok()
+                    .map(|b| std::net::IpAddr::from(b).to_string()),
+                16 => <[u8; 16]>::try_from(*bytes)
+                    .ok()
+                    .map(|b| std::net::IpAddr::from(b).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect())
+}
+
+/// The certificate being served, the rustls resolver of the server; in mode `self` also
+/// the CA bundle that verifies it (what sidecars get as the operator's CA).
 #[derive(Debug)]
 pub struct CertStore {
     current: RwLock<Option<Loaded>>,
+    ca_bundle: RwLock<Option<Arc<str>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -112,6 +144,7 @@ impl CertStore {
     pub fn new(metrics: Arc<Metrics>) -> CertStore {
         CertStore {
             current: RwLock::new(None),
+            ca_bundle: RwLock::new(None),
             metrics,
         }
     }
@@ -136,6 +169,20 @@ impl CertStore {
     /// The certificate served now.
     pub fn current(&self) -> Option<Loaded> {
         self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Records the PEM CA bundle of the certificate Secret (mode `self`): every CA a client
+    /// must trust now, the next one too during a rotation.
+    pub fn set_ca_bundle(&self, pem: &str) {
+        let mut bundle = self.ca_bundle.write().unwrap_or_else(PoisonError::into_inner);
+        if bundle.as_deref() != Some(pem) {
+            *bundle = Some(Arc::from(pem));
+        }
+    }
+
+    /// The CA bundle last recorded by [`CertStore::set_ca_bundle`] (none in mode `files`).
+    pub fn ca_bundle(&self) -> Option<Arc<str>> {
+        self.ca_bundle.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// A rustls server configuration that asks this store on every handshake and offers

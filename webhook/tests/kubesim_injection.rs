@@ -1,9 +1,11 @@
 //! End to end against kubesim: the real `shunt-webhook` binary runs as a local process in
 //! `--cert-mode self` with a kubeconfig (and only the RBAC the issue documents), publishes
 //! its own `caBundle`, and kubesim calls it through a Service for pods created as a user
-//! would create them. Checked: injection in an opted-in namespace, nothing elsewhere, the
-//! `shunt.dev/inject: "false"` opt-out with a warning, and pods still created with the
-//! webhook down (failurePolicy Ignore). Then kubesim's kubelet runs an injected pod with
+//! would create them. Checked: injection in an opted-in namespace (the sidecar gets the
+//! webhook's CA bundle as the operator's CA), nothing elsewhere, the
+//! `shunt.dev/inject: "false"` opt-out with a warning, the operator's APIService (created
+//! after the webhook) getting the caBundle, and pods still created with the webhook down
+//! (failurePolicy Ignore). Then kubesim's kubelet runs an injected pod with
 //! the real `shunt-sidecar` binary (port-takeover mode) and the echo app, and traffic
 //! through the Service reaches the app through the dormant sidecar. That test needs
 //! `cargo build -p shunt-sidecar -p kubesim` first, and says so when the binaries are missing.
@@ -23,7 +25,7 @@ use kube::api::{Api, PostParams};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use shunt_proto::names::{ANNOTATION_INJECT, ANNOTATION_STATUS, LABEL_INJECTED, LABEL_INJECTION, SIDECAR_CONTAINER};
-use support::cluster::{TestCluster, CONFIG, NS, SECRET};
+use support::cluster::{TestCluster, API_SERVICE, CONFIG, NS, SECRET};
 use tokio::io::AsyncBufReadExt as _;
 
 /// The webhook's own user: the kubeconfig the process gets authenticates as this.
@@ -70,6 +72,11 @@ impl WebhookProcess {
                 CONFIG,
                 "--service-name",
                 CONFIG,
+                // As the chart runs it: one certificate for the webhook and the operator.
+                "--api-service-name",
+                API_SERVICE,
+                "--dns-names",
+                "shunt-api.shunt-system.svc,shunt-operator.shunt-system.svc",
             ])
             .args(["--log", "info", "--log-format", "json"])
             .env("KUBECONFIG", kubeconfig)
@@ -121,7 +128,9 @@ where
 }
 
 /// Grants the webhook's user what the issue documents, nothing more: secrets in its own
-/// namespace, and get/list/watch/patch of MutatingWebhookConfigurations.
+/// namespace, get/list/watch/patch of MutatingWebhookConfigurations, and of the one
+/// APIService by name (list and watch with a `metadata.name` field selector pass on
+/// resourceNames).
 async fn grant_webhook_rbac(test: &TestCluster) {
     use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
     let subject = json!([{"kind": "User", "name": WEBHOOK_USER, "apiGroup": "rbac.authorization.k8s.io"}]);
@@ -141,7 +150,9 @@ async fn grant_webhook_rbac(test: &TestCluster) {
         &Api::<ClusterRole>::all(test.admin.clone()),
         json!({"metadata": {"name": "shunt-webhook"}, "rules": [
             {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"],
-             "verbs": ["get", "list", "watch", "patch"]}]}),
+             "verbs": ["get", "list", "watch", "patch"]},
+            {"apiGroups": ["apiregistration.k8s.io"], "resources": ["apiservices"],
+             "resourceNames": [API_SERVICE], "verbs": ["get", "list", "watch", "patch"]}]}),
     )
     .await;
     create(
@@ -285,6 +296,26 @@ async fn the_webhook_binary_injects_pods_created_through_kubesim() {
         *init,
         "and stored"
     );
+    // No --operator-ca-file: the sidecar verifies the operator with the webhook's own CA
+    // bundle (the operator serves the same Secret's certificate).
+    let secret = test.secret().await.unwrap();
+    let ca_env = init[0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "SHUNT_OPERATOR_CA_PEM")
+        .unwrap_or_else(|| panic!("SHUNT_OPERATOR_CA_PEM in {init}"));
+    assert_eq!(
+        ca_env["value"].as_str().unwrap().as_bytes(),
+        support::cluster::data(&secret, "ca-bundle.crt"),
+    );
+
+    // The operator's APIService, created after the webhook started, gets the same bundle.
+    test.create_api_service().await;
+    support::eventually(10, "the APIService's caBundle", || async {
+        test.api_service_bundle().await == support::cluster::data(&secret, "ca-bundle.crt")
+    })
+    .await;
 
     // Another namespace: never sent to the webhook, stored as created.
     let plain: Api<Pod> = Api::namespaced(test.admin.clone(), "plain");

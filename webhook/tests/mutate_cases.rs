@@ -368,7 +368,7 @@ fn annotated(mut pod: Value, key: &str, value: &str) -> Value {
 fn run(case: &Case) -> Option<Value> {
     let mut cfg = config();
     (case.config)(&mut cfg);
-    let decision = mutate(&case.pod, case.namespace, &cfg).unwrap();
+    let decision = mutate(&case.pod, case.namespace, &cfg, None).unwrap();
     match (&case.expect, decision) {
         (Expect::Skip(want), Decision::Skip { reason, detail }) => {
             assert_eq!(*want, reason, "{}: {detail}", case.name);
@@ -381,7 +381,7 @@ fn run(case: &Case) -> Option<Value> {
             let parsed: json_patch::Patch = serde_json::from_value(Value::Array(ops.clone())).unwrap();
             json_patch::patch(&mut mutated, &parsed).unwrap_or_else(|e| panic!("{}: {e}", case.name));
             check(&mutated, &ops, &warnings);
-            match mutate(&mutated, case.namespace, &cfg).unwrap() {
+            match mutate(&mutated, case.namespace, &cfg, None).unwrap() {
                 Decision::Skip {
                     reason: SkipReason::AlreadyInjected,
                     ..
@@ -413,7 +413,7 @@ fn a_pod_injected_by_an_older_version_gets_its_sidecar_replaced() {
     let mut old = config();
     old.version = "0.0.9".into();
     old.image = "shunt-sidecar:0.0.9".into();
-    let Decision::Inject { patch, .. } = mutate(&original, "team", &old).unwrap() else {
+    let Decision::Inject { patch, .. } = mutate(&original, "team", &old, None).unwrap() else {
         panic!()
     };
     let mut injected = original.clone();
@@ -423,7 +423,7 @@ fn a_pod_injected_by_an_older_version_gets_its_sidecar_replaced() {
         patch,
         replaced,
         warnings,
-    } = mutate(&injected, "team", &config()).unwrap()
+    } = mutate(&injected, "team", &config(), None).unwrap()
     else {
         panic!()
     };
@@ -440,6 +440,30 @@ fn a_pod_injected_by_an_older_version_gets_its_sidecar_replaced() {
         "renamed once, not shunt-shunt-http"
     );
     assert_eq!(app["readinessProbe"]["httpGet"]["port"], "shunt-http");
+}
+
+#[test]
+fn the_webhooks_own_ca_bundle_is_the_operator_ca_unless_a_file_is_configured() {
+    const BUNDLE: &str = "-----BEGIN CERTIFICATE-----\nT1dO\n-----END CERTIFICATE-----\n\
+                          -----BEGIN CERTIFICATE-----\nTkVYVA==\n-----END CERTIFICATE-----\n";
+    const FILE: &str = "-----BEGIN CERTIFICATE-----\nRklMRQ==\n-----END CERTIFICATE-----\n";
+    let original = pod(json!([{"name": "web", "containerPort": 80}]));
+    let injected = |cfg: &InjectConfig, own: Option<&str>| {
+        let Decision::Inject { patch, .. } = mutate(&original, "team", cfg, own).unwrap() else {
+            panic!("injected expected")
+        };
+        let mut mutated = original.clone();
+        apply(&mut mutated, &patch);
+        env(sidecar(&mutated), "SHUNT_OPERATOR_CA_PEM")
+    };
+    // Mode self, no --operator-ca-file: the bundle the webhook serves now, both CAs of it.
+    assert_eq!(injected(&config(), Some(BUNDLE)), BUNDLE);
+    // --operator-ca-file wins over the webhook's own bundle.
+    let mut with_file = config();
+    with_file.operator_ca_pem = Some(FILE.into());
+    assert_eq!(injected(&with_file, Some(BUNDLE)), FILE);
+    // Mode files without --operator-ca-file: none (the sidecar stays dormant).
+    assert_eq!(injected(&config(), None), Value::Null);
 }
 
 #[test]

@@ -162,7 +162,7 @@ fn check(pod: &Value, takeover: bool, container_mode: bool) -> Result<bool, Test
     if container_mode {
         config.sidecar_mode = SidecarMode::Container;
     }
-    let decision = mutate(pod, "team", &config).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let decision = mutate(pod, "team", &config, None).map_err(|e| TestCaseError::fail(e.to_string()))?;
     let Decision::Inject { patch, .. } = decision else {
         return Ok(false);
     };
@@ -180,7 +180,7 @@ fn check(pod: &Value, takeover: bool, container_mode: bool) -> Result<bool, Test
         .filter(|c| c["name"] == "shunt-sidecar")
         .count();
     prop_assert_eq!(sidecars, 1);
-    match mutate(&mutated, "team", &config).map_err(|e| TestCaseError::fail(e.to_string()))? {
+    match mutate(&mutated, "team", &config, None).map_err(|e| TestCaseError::fail(e.to_string()))? {
         Decision::Skip {
             reason: SkipReason::AlreadyInjected,
             ..

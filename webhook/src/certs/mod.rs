@@ -8,6 +8,7 @@
 
 pub mod files;
 pub mod issue;
+pub mod publish;
 pub mod self_managed;
 pub mod state;
 

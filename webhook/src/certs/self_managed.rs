@@ -1,32 +1,37 @@
 //! Mode `self`: the certificate lives in a Secret that the webhook creates, serves, publishes
-//! (`caBundle` of its MutatingWebhookConfiguration) and rotates.
+//! (`caBundle` of its MutatingWebhookConfiguration and, with `--api-service-name`, of the
+//! operator's APIService: [`super::publish`]) and rotates. The operator serves the same
+//! Secret's certificate (`--tls-secret`), so the certificate also carries the operator's
+//! Service names (`--dns-names`); a Secret whose certificate lacks a configured name is
+//! rotated like an expiring one.
 //!
 //! Every replica runs the same reconcile loop; all writes are conditional, so replicas that
 //! start or rotate at once agree on one Secret: a create that meets `409 AlreadyExists`
 //! and an update that meets `409 Conflict` re-read the Secret and go on from what won.
-//! The loop runs on Secret and webhook-configuration watch events (so a rotation done by
-//! another replica is served at once, and a `caBundle` reset by `helm upgrade` is put
-//! back), on the rotation timer, and every `resync` as a safety net.
+//! The loop runs on Secret, webhook-configuration and APIService watch events (so a rotation
+//! done by another replica is served at once, and a `caBundle` reset by `helm upgrade` is
+//! put back), on the rotation timer, and every `resync` as a safety net.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
+use futures_util::stream::BoxStream;
 use futures_util::StreamExt as _;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::api::{ObjectMeta, PostParams};
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::WatchStreamExt as _;
 use kube::Api;
-use serde_json::json;
 
 use super::issue::issue;
+use super::publish::{self, Object};
 use super::state::{CertState, Issued, Policy, Step};
 use super::{api_status, unix_now, CertError};
 use crate::metrics::Metrics;
-use crate::patch::Pointer;
 use crate::tls::{self, CertStore};
 
 /// Where the certificate lives and how it is renewed.
@@ -38,6 +43,8 @@ pub struct SelfSettings {
     pub secret_name: String,
     /// Name of the MutatingWebhookConfiguration whose `caBundle` is kept correct.
     pub webhook_config_name: String,
+    /// Name of the APIService whose `caBundle` is kept correct too, if any.
+    pub api_service_name: Option<String>,
     /// DNS names of the serving certificate.
     pub dns_names: Vec<String>,
     /// Validity, renewal and overlap.
@@ -54,6 +61,8 @@ pub struct SelfManaged {
     settings: SelfSettings,
     store: Arc<CertStore>,
     metrics: Arc<Metrics>,
+    /// Whether the APIService was found missing (and that was logged).
+    api_service_missing: Arc<AtomicBool>,
 }
 
 const MAX_CONFLICTS: usize = 10;
@@ -67,6 +76,7 @@ impl SelfManaged {
             settings,
             store,
             metrics,
+            api_service_missing: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -79,7 +89,7 @@ impl SelfManaged {
                 .secrets
                 .get_opt(name)
                 .await
-                .map_err(|e| self.kube_error("read Secret", e))?;
+                .map_err(|e| self.secret_object().error("read", e))?;
             let Some(secret) = existing else {
                 let state = CertState::fresh(self.issue()?);
                 let mut secret = self.encode(Secret::default(), &state);
@@ -94,7 +104,7 @@ impl SelfManaged {
                         tracing::info!(secret.name = %name, "another replica created the Secret first; using it");
                         continue;
                     }
-                    Err(e) => return Err(self.kube_error("create Secret", e)),
+                    Err(e) => return Err(self.secret_object().error("create", e)),
                 }
             };
             let empty = BTreeMap::new();
@@ -129,9 +139,22 @@ impl SelfManaged {
             let active = &state.active.material;
             self.store
                 .set(tls::load_pem(active.cert_pem.as_bytes(), active.key_pem.as_bytes())?);
-            let published = self.publish(&state).await?;
+            let bundle = state.bundle_pem();
+            self.store.set_ca_bundle(&bundle);
+            let published = self.publish(&bundle).await?;
             let now = unix_now();
-            let step = state.plan(now, if published { &state.bundle } else { &[] }, &policy);
+            let mut step = state.plan(now, if published { &state.bundle } else { &[] }, &policy);
+            if step == Step::Keep && state.next.is_none() {
+                let missing = state.active.missing_names(&self.settings.dns_names);
+                if !missing.is_empty() {
+                    tracing::info!(
+                        secret.name = %self.settings.secret_name,
+                        missing = ?missing,
+                        "the certificate is not for every configured name (--dns-names changed); rotating it"
+                    );
+                    step = Step::Stage;
+                }
+            }
             if step == Step::Keep {
                 return Ok(state.next_check(&policy));
             }
@@ -155,8 +178,16 @@ impl SelfManaged {
         let field = format!("metadata.name={}", self.settings.webhook_config_name);
         let configs: Api<MutatingWebhookConfiguration> = Api::all(self.client.clone());
         let configs = watcher(configs, watcher::Config::default().fields(&field)).default_backoff();
-        let events = futures_util::stream::select(secrets.map(|e| e.is_ok()), configs.map(|e| e.is_ok()));
-        let mut events = std::pin::pin!(events);
+        let mut streams: Vec<BoxStream<'static, bool>> =
+            vec![secrets.map(|e| e.is_ok()).boxed(), configs.map(|e| e.is_ok()).boxed()];
+        if let Some(name) = &self.settings.api_service_name {
+            // Also brings us back when the APIService is created after us, or its caBundle reset.
+            let field = format!("metadata.name={name}");
+            let services: Api<APIService> = Api::all(self.client.clone());
+            let services = watcher(services, watcher::Config::default().fields(&field)).default_backoff();
+            streams.push(services.map(|e| e.is_ok()).boxed());
+        }
+        let mut events = futures_util::stream::select_all(streams);
         let mut backoff = Duration::from_secs(1);
         loop {
             let wait = match self.reconcile().await {
@@ -198,7 +229,7 @@ impl SelfManaged {
         {
             Ok(written) => Ok(Some(written)),
             Err(e) if matches!(api_status(&e), Some(409 | 404)) => Ok(None),
-            Err(e) => Err(self.kube_error("update Secret", e)),
+            Err(e) => Err(self.secret_object().error("update", e)),
         }
     }
 
@@ -219,54 +250,15 @@ impl SelfManaged {
         secret
     }
 
-    /// Puts the bundle into every webhook of the configuration that lacks it. Returns true
-    /// when the published `caBundle` equals the bundle.
-    async fn publish(&self, state: &CertState) -> Result<bool, CertError> {
-        let name = &self.settings.webhook_config_name;
-        let api: Api<MutatingWebhookConfiguration> = Api::all(self.client.clone());
-        let config = api
-            .get(name)
-            .await
-            .map_err(|e| self.kube_error("read MutatingWebhookConfiguration", e))?;
-        let bundle = state.bundle_pem().into_bytes();
-        let webhooks = config.webhooks.unwrap_or_default();
-        if webhooks.is_empty() {
-            tracing::warn!(webhook_config = %name, "the MutatingWebhookConfiguration has no webhooks; nothing to publish");
-            return Ok(false);
-        }
-        let mut ops = Vec::new();
-        for (i, webhook) in webhooks.iter().enumerate() {
-            if webhook.client_config.ca_bundle.as_ref().map(|b| b.0.as_slice()) == Some(bundle.as_slice()) {
-                continue;
-            }
-            let at = Pointer::new(["webhooks"]).index(i);
-            // The test guards against the list changing between our read and this patch.
-            ops.push(json!({"op": "test", "path": at.key("name"), "value": webhook.name}));
-            ops.push(json!({
-                "op": "add",
-                "path": at.key("clientConfig").key("caBundle"),
-                "value": base64::engine::general_purpose::STANDARD.encode(&bundle),
-            }));
-        }
-        if ops.is_empty() {
-            return Ok(true);
-        }
-        let body = serde_json::to_vec(&ops).unwrap_or_default();
-        let request = http::Request::patch(format!(
-            "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}"
-        ))
-        .header(http::header::CONTENT_TYPE, "application/json-patch+json")
-        .body(body);
-        let request = match request {
-            Ok(request) => request,
-            Err(e) => return Err(CertError::Issue(format!("cannot build the caBundle patch: {e}"))),
+    /// Publishes the bundle (PEM) in the webhook configuration and the APIService. Returns
+    /// true when every place that verifies our certificates trusts exactly the bundle.
+    async fn publish(&self, bundle: &str) -> Result<bool, CertError> {
+        let webhooks = publish::webhook_config(&self.client, &self.settings.webhook_config_name, bundle).await?;
+        let api_service = match &self.settings.api_service_name {
+            Some(name) => publish::api_service(&self.client, name, bundle, &self.api_service_missing).await?,
+            None => true,
         };
-        self.client
-            .request::<MutatingWebhookConfiguration>(request)
-            .await
-            .map_err(|e| self.kube_error("patch caBundle of MutatingWebhookConfiguration", e))?;
-        tracing::info!(webhook_config = %name, cas = state.bundle.len(), "published the CA bundle");
-        Ok(true)
+        Ok(webhooks && api_service)
     }
 
     fn issue(&self) -> Result<Issued, CertError> {
@@ -278,30 +270,7 @@ impl SelfManaged {
         format!("{}/{}", self.settings.namespace, self.settings.secret_name)
     }
 
-    fn kube_error(&self, action: &str, source: kube::Error) -> CertError {
-        let s = &self.settings;
-        let config = action.contains("MutatingWebhookConfiguration");
-        let target = if config {
-            s.webhook_config_name.clone()
-        } else {
-            self.secret_ref()
-        };
-        let hint = match (api_status(&source), config) {
-            (Some(403), false) => format!(
-                "the webhook's ServiceAccount needs get, list, watch, create and update on secrets in namespace {}",
-                s.namespace
-            ),
-            (Some(403), true) => {
-                "the webhook's ServiceAccount needs get, list, watch and patch on mutatingwebhookconfigurations".into()
-            }
-            (Some(404), true) => "create it (the Helm chart does) or set --webhook-config-name".into(),
-            (Some(_), _) => "the API server refused the request".into(),
-            (None, _) => "cannot reach the Kubernetes API server; check the in-cluster config or KUBECONFIG".into(),
-        };
-        CertError::Kube {
-            action: format!("{action} {target}"),
-            source,
-            hint,
-        }
+    fn secret_object(&self) -> Object<'_> {
+        Object::Secret(&self.settings.namespace, &self.settings.secret_name)
     }
 }

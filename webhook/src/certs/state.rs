@@ -58,6 +58,8 @@ pub struct Issued {
     pub ca: CertificateDer<'static>,
     /// `notAfter` of the serving certificate (Unix time).
     pub not_after: i64,
+    /// The serving certificate's DNS names and IP addresses.
+    pub names: Vec<String>,
 }
 
 impl Issued {
@@ -65,11 +67,30 @@ impl Issued {
     pub fn parse(material: Material) -> Result<Issued, TlsError> {
         let loaded = tls::load_pem(material.cert_pem.as_bytes(), material.key_pem.as_bytes())?;
         let ca = tls::parse_bundle(material.ca_pem.as_bytes())?.swap_remove(0);
+        let names = match loaded.key.cert.first() {
+            Some(leaf) => tls::subject_alt_names(leaf)?,
+            None => Vec::new(),
+        };
         Ok(Issued {
             material,
             ca,
             not_after: loaded.not_after,
+            names,
         })
+    }
+
+    /// The names of `wanted` the serving certificate is not for (IP addresses compared as
+    /// addresses, DNS names case-insensitively).
+    pub fn missing_names<'a>(&self, wanted: &'a [String]) -> Vec<&'a str> {
+        let normal = |name: &str| match name.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip.to_string(),
+            Err(_) => name.to_ascii_lowercase(),
+        };
+        wanted
+            .iter()
+            .filter(|w| !self.names.contains(&normal(w)))
+            .map(String::as_str)
+            .collect()
     }
 }
 

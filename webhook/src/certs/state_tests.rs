@@ -88,3 +88,18 @@ fn a_damaged_bundle_or_next_is_repaired_but_a_damaged_served_certificate_is_refu
     data.remove(TLS_CRT);
     assert!(CertState::decode(&data, &annotations).is_err());
 }
+
+#[test]
+fn missing_names_are_the_wanted_names_the_certificate_lacks() {
+    let names = ["svc.ns.svc".to_owned(), "10.0.0.7".to_owned()];
+    let cert = Issued::parse(issue(&names, 0, 1000).unwrap()).unwrap();
+    assert_eq!(cert.names, names);
+    let wanted = [
+        "SVC.ns.svc".to_owned(),
+        "10.0.0.7".to_owned(),
+        "shunt-api.ns.svc".to_owned(),
+        "::1".to_owned(),
+    ];
+    assert_eq!(cert.missing_names(&wanted), ["shunt-api.ns.svc", "::1"]);
+    assert!(cert.missing_names(&names).is_empty());
+}

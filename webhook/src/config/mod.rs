@@ -17,7 +17,7 @@ use crate::inject::{InjectConfig, RedirectMode, SidecarMode, SidecarResources};
 mod values;
 
 pub use values::parse_duration;
-use values::{name, nonzero, quantity, seconds};
+use values::{name, nonzero, quantity, san, seconds};
 
 /// Where the serving certificate comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -56,7 +56,10 @@ pub struct Args {
     /// and <name>.<ns>.svc.cluster.local.
     #[arg(long, env = "SHUNT_WEBHOOK_SERVICE_NAME", default_value = "shunt-webhook")]
     pub service_name: String,
-    /// Mode self: more DNS names or IP addresses for the certificate (comma list).
+    /// Mode self: more DNS names or IP addresses for the certificate (comma list), e.g. the
+    /// operator's Services when it serves the same Secret (--tls-secret):
+    /// shunt-api.<ns>.svc,shunt-operator.<ns>.svc,… A Secret whose certificate lacks one is
+    /// rotated.
     #[arg(long, env = "SHUNT_WEBHOOK_DNS_NAMES", value_delimiter = ',')]
     pub dns_names: Vec<String>,
     /// Mode self: Secret holding the CA and certificate (created if absent).
@@ -65,6 +68,11 @@ pub struct Args {
     /// Mode self: MutatingWebhookConfiguration whose caBundle is kept correct.
     #[arg(long, env = "SHUNT_WEBHOOK_WEBHOOK_CONFIG_NAME", default_value = "shunt-webhook")]
     pub webhook_config_name: String,
+    /// Mode self: an apiregistration.k8s.io/v1 APIService (e.g. v1.api.shunt.dev) whose
+    /// caBundle is kept equal to the CA bundle too, for an operator that serves the same
+    /// Secret. While it does not exist, this is logged and retried.
+    #[arg(long, env = "SHUNT_WEBHOOK_API_SERVICE_NAME")]
+    pub api_service_name: Option<String>,
     /// Mode self: lifetime of each new certificate and its CA (units: d, h, m, s).
     #[arg(long, env = "SHUNT_WEBHOOK_CERT_VALIDITY", default_value = "365d", value_parser = parse_duration)]
     pub cert_validity: Duration,
@@ -94,8 +102,11 @@ pub struct Args {
     #[arg(long, env = "SHUNT_WEBHOOK_OPERATOR_ADDR")]
     pub operator_addr: Option<String>,
     /// PEM file with the CA of the operator hub's certificate (public; no key): given to
-    /// sidecars inline as SHUNT_OPERATOR_CA_PEM. Without it sidecars stay dormant unless
-    /// they get SHUNT_OPERATOR_CA otherwise.
+    /// sidecars inline as SHUNT_OPERATOR_CA_PEM. Without it, mode self gives them the
+    /// webhook's own CA bundle at the time the pod is created (the operator serves the same
+    /// Secret with --tls-secret; pods created before a CA rotation need a restart to reach
+    /// the operator after it); mode files gives none (sidecars stay dormant unless they get
+    /// SHUNT_OPERATOR_CA otherwise).
     #[arg(long, env = "SHUNT_WEBHOOK_OPERATOR_CA_FILE")]
     pub operator_ca_file: Option<PathBuf>,
     /// TLS name the hub's certificate carries, given to sidecars as SHUNT_OPERATOR_SERVER_NAME
@@ -313,6 +324,13 @@ impl Args {
         ] {
             name(flag, value)?;
         }
+        let api_service_name = self
+            .api_service_name
+            .as_deref()
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(|n| name("--api-service-name", n).map(|()| n.to_owned()))
+            .transpose()?;
         let policy = Policy {
             validity: seconds(nonzero("--cert-validity", self.cert_validity)?),
             renew_before: seconds(nonzero("--renew-before", self.renew_before)?),
@@ -342,15 +360,16 @@ impl Args {
             format!("{svc}.{ns}.svc.cluster.local"),
         ];
         for extra in self.dns_names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
-            if !extra.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:*".contains(&b)) {
-                return Err(bad("--dns-names", format!("{extra:?} is not a DNS name or IP address")));
+            let extra = san("--dns-names", extra)?;
+            if !dns_names.contains(&extra) {
+                dns_names.push(extra);
             }
-            dns_names.push(extra.to_owned());
         }
         Ok(SelfSettings {
             namespace: self.namespace.clone(),
             secret_name: self.secret_name.clone(),
             webhook_config_name: self.webhook_config_name.clone(),
+            api_service_name,
             dns_names,
             policy,
             resync: nonzero("--resync-interval", self.resync_interval)?,

@@ -99,3 +99,66 @@ fn the_operator_ca_file_is_read_and_must_hold_only_certificates() {
     assert!(err.contains("cannot read"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn dns_names_for_the_three_services_become_leaf_names_once_each() {
+    let list = "shunt-webhook.ns.svc,shunt-api.ns.svc,shunt-operator.ns.svc,\
+                shunt-api.ns.svc.cluster.local, Shunt-Operator.ns.svc.cluster.local ,,10.0.0.7,::1,*.ns.svc";
+    let s = args(&["--namespace", "ns", "--dns-names", list]).unwrap();
+    let CertSource::SelfManaged(own) = s.cert else {
+        panic!("self mode expected")
+    };
+    assert_eq!(
+        own.dns_names,
+        [
+            "shunt-webhook",
+            "shunt-webhook.ns",
+            "shunt-webhook.ns.svc",
+            "shunt-webhook.ns.svc.cluster.local",
+            "shunt-api.ns.svc",
+            "shunt-operator.ns.svc",
+            "shunt-api.ns.svc.cluster.local",
+            "shunt-operator.ns.svc.cluster.local",
+            "10.0.0.7",
+            "::1",
+            "*.ns.svc",
+        ]
+    );
+    // And rcgen accepts every one of them.
+    crate::certs::issue::issue(&own.dns_names, 1_700_000_000, 3600).unwrap();
+    for bad in [
+        "shunt_api.ns.svc",
+        "-api.ns.svc",
+        "api-.ns.svc",
+        "api..svc",
+        "api.ns.svc.",
+        "a.*.svc",
+        "http://api",
+        "10.0.0.256:443",
+    ] {
+        let err = args(&[&format!("--dns-names={bad}")]).unwrap_err();
+        assert!(
+            err.contains("--dns-names") && err.contains("not a DNS name"),
+            "{bad}: {err}"
+        );
+    }
+    let long = format!("{}.svc", "a".repeat(64));
+    assert!(args(&["--dns-names", &long]).is_err());
+}
+
+#[test]
+fn the_api_service_name_is_optional_and_checked() {
+    let own = |argv: &[&str]| match args(argv).unwrap().cert {
+        CertSource::SelfManaged(own) => own,
+        CertSource::Files { .. } => panic!("self mode expected"),
+    };
+    assert_eq!(own(&[]).api_service_name, None);
+    assert_eq!(
+        own(&["--api-service-name", "v1.api.shunt.dev"])
+            .api_service_name
+            .as_deref(),
+        Some("v1.api.shunt.dev")
+    );
+    let err = args(&["--api-service-name", "V1.Api"]).unwrap_err();
+    assert!(err.contains("--api-service-name"), "{err}");
+}

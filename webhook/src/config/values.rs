@@ -66,6 +66,34 @@ pub(super) fn name(flag: &'static str, value: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// A subject alternative name: an IP address, or a DNS name (RFC 1123 labels of 1-63
+/// letters, digits and `-`, at most 253 characters, optionally `*.` in front). Returned
+/// lowercased (DNS names are case-insensitive; certificates carry them lowercase).
+pub(super) fn san(flag: &'static str, value: &str) -> Result<String, ConfigError> {
+    if value.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(value.to_owned());
+    }
+    let lower = value.to_ascii_lowercase();
+    let host = lower.strip_prefix("*.").unwrap_or(&lower);
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if lower.len() <= 253 && host.split('.').all(label_ok) {
+        Ok(lower)
+    } else {
+        Err(bad(
+            flag,
+            format!(
+                "{value:?} is not a DNS name or IP address (DNS labels of 1-63 letters, digits and '-', \
+                 separated by '.', optionally starting with '*.')"
+            ),
+        ))
+    }
+}
+
 /// A Kubernetes quantity such as `10m`, `0.5`, `128Mi`; empty means none.
 pub(super) fn quantity(flag: &'static str, value: &str) -> Result<Option<String>, ConfigError> {
     let value = value.trim();

@@ -68,7 +68,8 @@ pub struct InjectConfig {
     pub redirect: RedirectMode,
     /// The operator's address given to the sidecar (`SHUNT_OPERATOR_ADDR`).
     pub operator_addr: String,
-    /// PEM CA of the hub's certificate, given inline (`SHUNT_OPERATOR_CA_PEM`), if configured.
+    /// PEM CA of the hub's certificate, given inline (`SHUNT_OPERATOR_CA_PEM`), if configured
+    /// (`--operator-ca-file`); without it, `mutate`'s `own_ca_bundle` is given.
     pub operator_ca_pem: Option<String>,
     /// TLS name of the hub (`SHUNT_OPERATOR_SERVER_NAME`), if not the sidecar's default.
     pub operator_server_name: Option<String>,
@@ -191,7 +192,16 @@ pub enum MutateError {
 }
 
 /// Decides what to do with `pod` (the Pod JSON of a CREATE review) in `namespace`.
-pub fn mutate(pod: &Value, namespace: &str, config: &InjectConfig) -> Result<Decision, MutateError> {
+///
+/// `own_ca_bundle` is the webhook's current CA bundle (mode `self`; the operator serves a
+/// certificate of the same Secret): the sidecar gets it as the operator's CA unless
+/// `config.operator_ca_pem` (`--operator-ca-file`) is set, which wins.
+pub fn mutate(
+    pod: &Value,
+    namespace: &str,
+    config: &InjectConfig,
+    own_ca_bundle: Option<&str>,
+) -> Result<Decision, MutateError> {
     let skip = |reason, detail: String| Ok(Decision::Skip { reason, detail });
     if config.excluded_namespaces.iter().any(|n| n == namespace) {
         return skip(
@@ -265,7 +275,8 @@ pub fn mutate(pod: &Value, namespace: &str, config: &InjectConfig) -> Result<Dec
     warnings.extend(plan.warnings.iter().cloned());
     ports::apply_renames(&mut builder, &plan)?;
     let native = config.sidecar_mode == SidecarMode::Native;
-    let container = sidecar::container(config, redirect, &plan).map_err(MutateError::Serialize)?;
+    let operator_ca = config.operator_ca_pem.as_deref().or(own_ca_bundle);
+    let container = sidecar::container(config, redirect, &plan, operator_ca).map_err(MutateError::Serialize)?;
     builder.push(&Pointer::new(["spec", "volumes"]), sidecar::token_volume(config))?;
     let list = if native { "initContainers" } else { "containers" };
     builder.push(&Pointer::new(["spec", list]), container)?;

@@ -43,8 +43,13 @@ pub struct SidecarResources {
     pub memory_limit: Option<String>,
 }
 
-/// The sidecar container as JSON.
-pub(super) fn container(config: &InjectConfig, redirect: RedirectMode, plan: &PortPlan) -> serde_json::Result<Value> {
+/// The sidecar container as JSON; `operator_ca` is the PEM the sidecar verifies the hub with.
+pub(super) fn container(
+    config: &InjectConfig,
+    redirect: RedirectMode,
+    plan: &PortPlan,
+    operator_ca: Option<&str>,
+) -> serde_json::Result<Value> {
     let join = |ports: &[u16]| ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
     let mut env = vec![
         value("SHUNT_REDIRECT", redirect.as_str()),
@@ -62,7 +67,7 @@ pub(super) fn container(config: &InjectConfig, redirect: RedirectMode, plan: &Po
         value("SHUNT_OPERATOR_ADDR", &config.operator_addr),
         value("SHUNT_TOKEN_FILE", TOKEN_FILE),
     ]);
-    if let Some(pem) = &config.operator_ca_pem {
+    if let Some(pem) = operator_ca {
         env.push(value("SHUNT_OPERATOR_CA_PEM", pem));
     }
     if let Some(name) = &config.operator_server_name {

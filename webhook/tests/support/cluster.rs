@@ -14,6 +14,7 @@ use base64::Engine as _;
 use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kubesim::{Cluster, Options};
@@ -25,6 +26,8 @@ pub const NS: &str = "shunt-system";
 pub const CONFIG: &str = "shunt-webhook";
 /// The certificate Secret.
 pub const SECRET: &str = "shunt-webhook-tls";
+/// The operator's APIService, whose caBundle the webhook keeps with `--api-service-name`.
+pub const API_SERVICE: &str = "v1.api.shunt.dev";
 
 /// A running kubesim with an admin client.
 pub struct TestCluster {
@@ -83,6 +86,36 @@ impl TestCluster {
     /// MutatingWebhookConfigurations.
     pub fn configs(&self) -> Api<MutatingWebhookConfiguration> {
         Api::all(self.admin.clone())
+    }
+
+    /// APIServices.
+    pub fn api_services(&self) -> Api<APIService> {
+        Api::all(self.admin.clone())
+    }
+
+    /// Creates APIService [`API_SERVICE`] as the operator's chart does: no caBundle.
+    pub async fn create_api_service(&self) {
+        let service: APIService = serde_json::from_value(json!({
+            "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+            "metadata": {"name": API_SERVICE},
+            "spec": {"group": "api.shunt.dev", "version": "v1", "groupPriorityMinimum": 1000,
+                "versionPriority": 15, "service": {"namespace": NS, "name": "shunt-api", "port": 443}},
+        }))
+        .unwrap();
+        self.api_services()
+            .create(&PostParams::default(), &service)
+            .await
+            .unwrap();
+    }
+
+    /// The decoded `spec.caBundle` of APIService [`API_SERVICE`] (empty if unset or absent).
+    pub async fn api_service_bundle(&self) -> Vec<u8> {
+        let service = self.api_services().get_opt(API_SERVICE).await.unwrap();
+        service
+            .and_then(|s| s.spec)
+            .and_then(|s| s.ca_bundle)
+            .map(|b| b.0)
+            .unwrap_or_default()
     }
 
     /// The certificate Secret as JSON (`data` base64 as stored), if it exists.
