@@ -2,7 +2,9 @@
 //!
 //! - Mode `self` ([`self_managed`]): the webhook makes its own CA and certificate, keeps
 //!   them in a Secret shared by all replicas, publishes the CA in the `caBundle` of its
-//!   MutatingWebhookConfiguration, and rotates before expiry ([`state`] has the plan).
+//!   MutatingWebhookConfiguration and of the operator's APIService ([`publish`]), and
+//!   rotates before expiry ([`state`] has the plan). The operator serves the same
+//!   certificate, so it is also issued for the operator's Service names.
 //! - Mode `files` ([`files`]): certificate and key are mounted files (cert-manager), reloaded
 //!   when they change; no Kubernetes API is used.
 
