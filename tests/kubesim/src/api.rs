@@ -354,7 +354,16 @@ impl Api {
             new = old.clone();
             new["status"] = status;
         } else if rt.has_status() {
-            new["status"] = old["status"].clone();
+            // Status is written through its subresource only. An object without one stays
+            // without (not `status: null`, which would make a no-op patch a write).
+            match old.get("status") {
+                Some(status) => new["status"] = status.clone(),
+                None => {
+                    if let Some(m) = new.as_object_mut() {
+                        m.remove("status");
+                    }
+                }
+            }
         }
         // Identity fields are immutable.
         for field in [

@@ -1,6 +1,8 @@
 //! Per-type behaviour of the API server: name rules, defaulting on create, validation,
 //! and what a write or delete sets in motion (CRDs served at once, a namespace's
-//! `default` ServiceAccount, a namespace's contents deleted with it).
+//! `default` ServiceAccount, a namespace's contents deleted with it). Pods get their
+//! `kube-api-access` volume here ([`crate::auth::service_account`]), before the mutating
+//! webhooks.
 
 use base64::Engine;
 use serde_json::{json, Value};
@@ -61,6 +63,8 @@ pub fn on_create(api: &Api, rt: &ResourceType, obj: &mut Value) -> Result<(), Ap
                 spec["terminationGracePeriodSeconds"] = json!(30);
             }
             obj["status"] = json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]});
+            let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
+            crate::auth::service_account::admit_pod(api, &ns, obj);
         }
         ("", "services") => {
             let spec = &mut obj["spec"];

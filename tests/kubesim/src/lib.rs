@@ -10,7 +10,8 @@
 //! HTTP front; [`resources`] served types; [`auth`] authentication and RBAC;
 //! [`admission`] webhooks; [`aggregator`] aggregated APIs; [`pki`] certificates;
 //! [`controllers`] Deployments, ReplicaSets, StatefulSets, DaemonSets, Endpoints;
-//! [`kubelet`] pods as local processes (images, env, volumes, probes, logs);
+//! [`kubelet`] pods as local processes (images, env, volumes, in-cluster credentials,
+//! probes, logs);
 //! [`network`] pod addresses (loopback or network namespaces) and Service balancers.
 
 pub mod admission;

@@ -4,105 +4,13 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::path::PathBuf;
-use std::process::Stdio;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+mod common;
 
+use std::process::Stdio;
+
+use common::{Kubectl, Scratch, DEADLINE};
 use kubesim::{Cluster, Options};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
-
-const KUBECTL: &str = "/usr/bin/kubectl";
-const DEADLINE: Duration = Duration::from_secs(30);
-
-/// A scratch directory removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Scratch {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "kubesim-kubectl-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn write(&self, name: &str, text: &str) -> String {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).unwrap();
-        path.to_string_lossy().into_owned()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// kubectl for one user of one cluster (its own discovery cache, no ambient config).
-struct Kubectl {
-    kubeconfig: PathBuf,
-    cache: PathBuf,
-}
-
-struct Run {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-impl Kubectl {
-    fn new(cluster: &Cluster, scratch: &Scratch, user: &str, groups: &[&str]) -> Kubectl {
-        let kubeconfig = scratch.0.join(format!("{user}.kubeconfig"));
-        cluster.write_kubeconfig(&kubeconfig, user, groups).unwrap();
-        Kubectl {
-            kubeconfig,
-            cache: scratch.0.join(format!("{user}.cache")),
-        }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(KUBECTL);
-        cmd.arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(&self.cache)
-            .args(args);
-        cmd.env_remove("KUBECONFIG").kill_on_drop(true);
-        cmd
-    }
-
-    async fn run(&self, args: &[&str]) -> Run {
-        let out = tokio::time::timeout(DEADLINE, self.command(args).output())
-            .await
-            .expect("kubectl finished in time")
-            .unwrap();
-        Run {
-            ok: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    /// Runs and expects success; returns stdout.
-    async fn ok(&self, args: &[&str]) -> String {
-        let run = self.run(args).await;
-        assert!(run.ok, "kubectl {args:?} failed: {}{}", run.stdout, run.stderr);
-        run.stdout
-    }
-
-    /// Runs and expects failure; returns stderr.
-    async fn fails(&self, args: &[&str]) -> String {
-        let run = self.run(args).await;
-        assert!(!run.ok, "kubectl {args:?} should have failed: {}", run.stdout);
-        run.stderr
-    }
-}
 
 fn deployment(replicas: u32) -> String {
     format!(

@@ -2,7 +2,9 @@
 //! RBAC bootstrap policy creates them (same names, rules trimmed to what kubesim serves):
 //! `cluster-admin` for `system:masters`, discovery and public info for everyone, the
 //! self-reviews for authenticated users, `system:auth-delegator` for servers that
-//! delegate authentication, and plain (not aggregated) `admin`, `edit` and `view`.
+//! delegate authentication, and plain (not aggregated) `admin`, `edit` and `view`; plus
+//! the Role `kube-system/extension-apiserver-authentication-reader` that aggregated API
+//! servers bind to read the front-proxy CA.
 
 use serde_json::{json, Value};
 
@@ -179,5 +181,12 @@ pub async fn create_defaults(api: &Api) -> Result<(), ApiError> {
         });
         api.create(&system, &bindings, "", binding).await?;
     }
+    // The Role that lets aggregated API servers read the front-proxy CA (bound by them).
+    let roles = api.rt("rbac.authorization.k8s.io", "roles")?;
+    let reader = json!({
+        "metadata": metadata("extension-apiserver-authentication-reader"),
+        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["extension-apiserver-authentication"], "verbs": ["get", "list", "watch"]}],
+    });
+    api.create(&system, &roles, "kube-system", reader).await?;
     Ok(())
 }

@@ -3,11 +3,13 @@
 //! Every request is authorized against RBAC ([`rbac`]) from the stored roles and
 //! bindings, with the default ones of [`bootstrap`]; `system:masters` is always allowed
 //! (kube-apiserver's privileged-group authorizer). Tokens come from [`token_request`]
-//! and are checked by [`authenticate_token`] for both API requests and TokenReviews.
+//! and are checked by [`authenticate_token`] for both API requests and TokenReviews;
+//! [`service_account`] gives pods their `kube-api-access` volume.
 
 pub mod bootstrap;
 pub mod rbac;
 pub mod review;
+pub mod service_account;
 pub mod token_request;
 pub mod tokens;
 

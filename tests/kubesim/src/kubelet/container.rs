@@ -106,7 +106,7 @@ impl Ctr {
         pod: &Value,
         net: &PodNet,
         mounts: &Mounts,
-        home: &str,
+        files: env::HostFiles<'_>,
     ) -> Result<(), (&'static str, String)> {
         let image = self.spec["image"].as_str().unwrap_or_default();
         let image_argv = k.images.resolve(image).map_err(|m| {
@@ -119,7 +119,8 @@ impl Ctr {
                 m,
             )
         })?;
-        let env = env::build(&k.api, pod, &self.spec, k.api_addr, mounts, home)
+        let home = files.home;
+        let env = env::build(&k.api, pod, &self.spec, k.api_addr, mounts, files)
             .map_err(|m| ("CreateContainerConfigError", m))?;
         let strings = |field: &str| -> Vec<String> {
             self.spec[field]

@@ -5,7 +5,9 @@
 //!
 //! Additions a real kubelet does not make, because a loopback pod has no other way to
 //! know its address: `POD_NAME`, `POD_NAMESPACE` and `POD_IP` (the spec's own `env`
-//! overrides them), and `PATH`/`HOME`/`HOSTNAME`, since processes run on the host.
+//! overrides them), `PATH`/`HOME`/`HOSTNAME`, since processes run on the host (`HOME` is
+//! the pod's directory, never the host user's), and `KUBECONFIG` for a container with the
+//! service account mount (see [`super::api_access`]).
 //!
 //! Paths: kubesim has no mount namespaces, so a volume lives in a host directory. Every
 //! env value and argv item that names a `volumeMount`'s `mountPath` (or a path under
@@ -191,6 +193,15 @@ fn service_links(api: &Api, ns: &str, env: &mut Env) {
     }
 }
 
+/// Host paths the kubelet hands a container through its environment.
+#[derive(Clone, Copy, Debug)]
+pub struct HostFiles<'a> {
+    /// `HOME`: the pod's directory.
+    pub home: &'a str,
+    /// `KUBECONFIG`: the in-cluster kubeconfig, if the service account is mounted.
+    pub kubeconfig: Option<&'a str>,
+}
+
 /// Builds the environment of `container` in `pod` (which has its `status.podIP`).
 /// `Err` is a CreateContainerConfigError message (a missing ConfigMap, Secret or key).
 pub fn build(
@@ -199,8 +210,9 @@ pub fn build(
     container: &Value,
     api_addr: std::net::SocketAddr,
     mounts: &Mounts,
-    home: &str,
+    files: HostFiles<'_>,
 ) -> Result<Env, String> {
+    let home = files.home;
     let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
     let mut env = Env::default();
     env.set(
@@ -228,6 +240,9 @@ pub fn build(
     env.set("KUBERNETES_SERVICE_PORT", port.clone());
     env.set("KUBERNETES_SERVICE_PORT_HTTPS", port.clone());
     env.set("KUBERNETES_PORT", format!("tcp://{host}:{port}"));
+    if let Some(kubeconfig) = files.kubeconfig {
+        env.set("KUBECONFIG", kubeconfig.to_owned());
+    }
     for source in container["envFrom"].as_array().into_iter().flatten() {
         let prefix = source["prefix"].as_str().unwrap_or_default();
         for (field, plural, secret) in [("configMapRef", "configmaps", false), ("secretRef", "secrets", true)] {
@@ -260,8 +275,17 @@ pub fn build(
         };
         env.set(name, value);
     }
-    for (_, value) in env.0.iter_mut() {
-        *value = mounts.rewrite(value);
+    for (name, value) in env.0.iter_mut() {
+        // Host paths the kubelet set are not container paths (a mount at `/tmp` must not
+        // turn the pod's directory into a path inside that volume).
+        let own = match name.as_str() {
+            "HOME" => Some(home),
+            "KUBECONFIG" => files.kubeconfig,
+            _ => None,
+        };
+        if own != Some(value.as_str()) {
+            *value = mounts.rewrite(value);
+        }
     }
     Ok(env)
 }

@@ -4,8 +4,11 @@
 //! pod ([`pod`]), hands a grace period to the worker of a pod being deleted, finishes
 //! the deletion of pods that never ran, and keeps each netns pod's `/etc/hosts` in step
 //! with the Services. Every container process is recorded in [`Procs`] so dropping the
-//! cluster can kill whatever is left, synchronously.
+//! cluster can kill whatever is left, synchronously. A container that mounts its
+//! ServiceAccount gets a kubeconfig standing in for in-cluster config ([`api_access`]:
+//! host processes cannot see `/var/run/secrets`).
 
+pub mod api_access;
 pub mod container;
 pub mod env;
 pub mod images;

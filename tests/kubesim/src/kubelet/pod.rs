@@ -180,7 +180,18 @@ impl PodRun {
         let Some(net) = self.net.clone() else { return };
         let mounts = self.mounts(&self.ctrs[i]);
         let home = self.dir.to_string_lossy().into_owned();
-        if let Err((reason, message)) = self.ctrs[i].start(&self.k, &self.pod, &net, &mounts, &home) {
+        let access = super::api_access::prepare(&self.dir, &self.ctrs[i].spec, &mounts, self.k.api_addr, &self.ns);
+        let started = access
+            .map_err(|message| ("CreateContainerConfigError", message))
+            .and_then(|kubeconfig| {
+                let kubeconfig = kubeconfig.map(|p| p.to_string_lossy().into_owned());
+                let files = super::env::HostFiles {
+                    home: &home,
+                    kubeconfig: kubeconfig.as_deref(),
+                };
+                self.ctrs[i].start(&self.k, &self.pod, &net, &mounts, files)
+            });
+        if let Err((reason, message)) = started {
             tracing::warn!(pod = %format!("{}/{}", self.ns, self.name), container = %self.ctrs[i].name, reason, %message, "container cannot start");
             self.ctrs[i].failed_to_start(reason, message);
         }

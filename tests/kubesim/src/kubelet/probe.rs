@@ -1,16 +1,19 @@
 //! Readiness and liveness probes: `httpGet` (HTTP/1.1 to the pod IP, 200–399 passes),
 //! `tcpSocket` (a connect), `exec` (exit status 0, run inside the pod's network), with
 //! `initialDelaySeconds`, `periodSeconds`, `timeoutSeconds`, `successThreshold` and
-//! `failureThreshold` as the kubelet applies them. An `https` httpGet probe is checked as
-//! a TCP connect (kubesim carries no TLS client for probes).
+//! `failureThreshold` as the kubelet applies them. An `https` httpGet probe speaks
+//! HTTP/1.1 over TLS and, like the kubelet, does not verify the server's certificate.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
+
+use crate::admission::client;
 
 /// Where and how to probe a container.
 #[derive(Clone, Debug)]
@@ -110,20 +113,43 @@ fn port(spec: &Value, container: &Value) -> Option<u16> {
     u16::try_from(n).ok()
 }
 
+/// The TLS client of https probes: any server certificate passes (the kubelet's probes
+/// set `InsecureSkipVerify`), the handshake itself must succeed.
+fn insecure_tls() -> Option<Arc<rustls::ClientConfig>> {
+    static CONFIG: OnceLock<Option<Arc<rustls::ClientConfig>>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| match client::tls_config(client::Trust::Insecure, None) {
+            Ok(config) => Some(config),
+            Err(error) => {
+                tracing::warn!(%error, "cannot build the TLS client of https probes; they fail");
+                None
+            }
+        })
+        .clone()
+}
+
+/// Sends `request` and reads the status line: 200–399 passes.
+async fn http_get<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, request: &str) -> bool {
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    if stream.read_exact(&mut head).await.is_err() {
+        return false;
+    }
+    let code: u16 = String::from_utf8_lossy(&head[9..12]).parse().unwrap_or(0);
+    (200..400).contains(&code)
+}
+
 async fn probe(spec: &Value, target: &Target) -> bool {
     if let Some(http) = spec.get("httpGet") {
         let Some(port) = port(http, &target.container) else {
             return false;
         };
         let host = http["host"].as_str().and_then(|h| h.parse().ok()).unwrap_or(target.ip);
-        let Ok(mut stream) = TcpStream::connect(SocketAddr::new(host, port)).await else {
-            return false;
-        };
-        if http["scheme"].as_str().is_some_and(|s| s.eq_ignore_ascii_case("https")) {
-            return true;
-        }
+        let addr = SocketAddr::new(host, port);
         let path = http["path"].as_str().unwrap_or("/");
-        let mut request = format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n");
+        let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n");
         for header in http["httpHeaders"].as_array().into_iter().flatten() {
             request.push_str(&format!(
                 "{}: {}\r\n",
@@ -132,15 +158,22 @@ async fn probe(spec: &Value, target: &Target) -> bool {
             ));
         }
         request.push_str("\r\n");
-        if stream.write_all(request.as_bytes()).await.is_err() {
-            return false;
+        if http["scheme"].as_str().is_some_and(|s| s.eq_ignore_ascii_case("https")) {
+            let Some(config) = insecure_tls() else {
+                return false;
+            };
+            return match client::connect(addr, &host.to_string(), config).await {
+                Ok(stream) => http_get(stream, &request).await,
+                Err(error) => {
+                    tracing::debug!(%addr, %error, "https probe: no TLS connection");
+                    false
+                }
+            };
         }
-        let mut head = [0u8; 12];
-        if stream.read_exact(&mut head).await.is_err() {
-            return false;
-        }
-        let code: u16 = String::from_utf8_lossy(&head[9..12]).parse().unwrap_or(0);
-        return (200..400).contains(&code);
+        return match TcpStream::connect(addr).await {
+            Ok(stream) => http_get(stream, &request).await,
+            Err(_) => false,
+        };
     }
     if let Some(tcp) = spec.get("tcpSocket") {
         let Some(port) = port(tcp, &target.container) else {
