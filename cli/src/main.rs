@@ -1,13 +1,24 @@
 //! `shunt`: parses the command line, runs it, prints an error as one message and exits 1.
-//! Two hidden subcommands are the processes of `shunt demo`'s pods: `__sidecar` and `__echo`.
+//!
+//! Hidden subcommands are the processes of pods on kubesim, so that one binary carries
+//! the whole system: `__sidecar` and `__echo` (the pods of `shunt demo`), and
+//! `__operator ARGS` and `__webhook ARGS`, which run exactly what the `shunt-operator`
+//! and `shunt-webhook` binaries run with ARGS (kubesim maps the control plane's images
+//! to them and appends the containers' `args`). All of them exit when their parent, the
+//! kubelet, is gone.
 #![forbid(unsafe_code)]
+
+use std::ffi::OsString;
+use std::time::Duration;
 
 use clap::Parser as _;
 
 fn main() -> std::process::ExitCode {
-    match std::env::args().nth(1).as_deref() {
+    match std::env::args_os().nth(1).and_then(|a| a.into_string().ok()).as_deref() {
         Some("__sidecar") => return shunt_cli::demo::pods::sidecar(),
         Some("__echo") => return shunt_cli::demo::pods::echo(),
+        Some("__operator") => return shunt_operator::cli_main::main_with(component_argv("__operator"), orphaned()),
+        Some("__webhook") => return shunt_webhook::cli_main::main_with(component_argv("__webhook"), orphaned()),
         _ => {}
     }
     tracing_subscriber::fmt()
@@ -29,4 +40,22 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `shunt __operator --flag …` as the component sees it: program name `shunt __operator`,
+/// then the flags.
+fn component_argv(command: &str) -> Vec<OsString> {
+    std::iter::once(OsString::from(format!("shunt {command}")))
+        .chain(std::env::args_os().skip(2))
+        .collect()
+}
+
+/// Completes once the process is re-parented: the kubelet that started it died without
+/// stopping it, and nothing would ever send it SIGTERM.
+async fn orphaned() {
+    let parent = std::os::unix::process::parent_id();
+    while std::os::unix::process::parent_id() == parent {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    tracing::warn!("the parent process is gone; stopping");
 }

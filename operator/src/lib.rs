@@ -1,7 +1,8 @@
 //! `shunt-operator`: holds the sessions of developers and gives every pod of a target the
 //! routes of the sessions on it.
 //!
-//! - [`run`] ([`app`]) wires everything; [`config`] its flags; [`leader`] the Lease election;
+//! - [`run`] ([`app`]) wires everything; [`config`] its flags; [`cli_main`] the process
+//!   (logging, runtime, signals); [`leader`] the Lease election;
 //! - [`api`]: the aggregated API server of `api.shunt.dev/v1` (sessions, targets, tunnels);
 //! - [`targets`]: workloads a session can target, their selectors and pods;
 //! - [`lifecycle`]: session status, grace-period expiry and Events;
@@ -12,6 +13,7 @@
 
 pub mod api;
 pub mod app;
+pub mod cli_main;
 pub mod config;
 pub mod hub;
 pub mod leader;

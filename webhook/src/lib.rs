@@ -7,11 +7,13 @@
 //!   them over HTTPS (axum + rustls) with `/healthz`, `/readyz` and `/metrics`.
 //! - [`tls`] holds the served certificate and swaps it without a restart; [`certs`] gets it
 //!   from a Secret it manages itself (mode `self`) or from mounted files (mode `files`).
-//! - [`config`] is the command line (every flag also a `SHUNT_WEBHOOK_*` variable).
+//! - [`config`] is the command line (every flag also a `SHUNT_WEBHOOK_*` variable);
+//!   [`cli_main`] the process around [`run`] (logging, runtime, signals).
 
 #![forbid(unsafe_code)]
 
 pub mod certs;
+pub mod cli_main;
 pub mod config;
 pub mod inject;
 pub mod metrics;
