@@ -25,7 +25,7 @@ fn main() -> std::process::ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SHUNT_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
-    let cli = shunt_cli::args::Cli::parse();
+    let cli = parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -40,6 +40,25 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The command line; run as `kubectl-shunt` (a kubectl plugin: `kubectl shunt …`), help
+/// and errors name the command `kubectl shunt`.
+fn parse() -> shunt_cli::args::Cli {
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let program = std::env::args_os().next().map(std::path::PathBuf::from);
+    let as_plugin = program
+        .as_deref()
+        .and_then(std::path::Path::file_name)
+        .is_some_and(|name| name == "kubectl-shunt");
+    if !as_plugin {
+        return shunt_cli::args::Cli::parse();
+    }
+    let matches = shunt_cli::args::Cli::command()
+        .bin_name("kubectl shunt")
+        .name("kubectl shunt")
+        .get_matches();
+    shunt_cli::args::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 /// `shunt __operator --flag …` as the component sees it: program name `shunt __operator`,
