@@ -4,6 +4,11 @@
 //! (`content-type: application/grpc…`) goes to the app as h2c, everything else as
 //! HTTP/1.1, one local connection per request (loopback connections are cheap, and no
 //! pool means no stale connection after the app restarts).
+//!
+//! Copies of a mirror session are bounded: at most [`MIRROR_IN_FLIGHT`] wait on the local
+//! app at once; a copy beyond that is dropped at once (503 to the sidecar, which never
+//! waits for copies) and counted, so a stalled consumer costs a bounded number of sockets
+//! and memory instead of one connection per copy.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,11 +27,16 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Body of answers sent back through the tunnel.
 pub type Body = BoxBody<Bytes, BoxError>;
 
+/// Mirror copies that may wait on the local app at once.
+pub const MIRROR_IN_FLIGHT: usize = 64;
+
 /// What the status line shows.
 #[derive(Default)]
 pub struct Stats {
     /// Requests received through the tunnel.
     pub routed: AtomicU64,
+    /// Mirror copies dropped because [`MIRROR_IN_FLIGHT`] were still waiting on the app.
+    pub dropped: AtomicU64,
     /// The last failure to reach the local app.
     pub last_error: Mutex<Option<String>>,
 }
@@ -39,6 +49,8 @@ pub struct Forwarder {
     ports: Arc<[(u16, u16)]>,
     /// Counters for the status line.
     pub stats: Arc<Stats>,
+    /// Bounds requests waiting on the local app (mirror sessions only).
+    limit: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Forwarder {
@@ -48,6 +60,15 @@ impl Forwarder {
             host: host.into(),
             ports: ports.into(),
             stats: Arc::default(),
+            limit: None,
+        }
+    }
+
+    /// Like [`Forwarder::new`], for copies: at most [`MIRROR_IN_FLIGHT`] in flight.
+    pub fn for_mirror(host: &str, ports: &[(u16, u16)]) -> Forwarder {
+        Forwarder {
+            limit: Some(Arc::new(tokio::sync::Semaphore::new(MIRROR_IN_FLIGHT))),
+            ..Forwarder::new(host, ports)
         }
     }
 
@@ -68,6 +89,15 @@ impl Forwarder {
     /// Forwards one request; failures become a 502 that says what went wrong.
     pub async fn forward(&self, mut req: Request<Incoming>) -> Response<Body> {
         self.stats.routed.fetch_add(1, Ordering::Relaxed);
+        let _permit = match self.limit.as_ref().map(|l| l.clone().try_acquire_owned()) {
+            Some(Err(_)) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                let msg = format!("copy dropped: {MIRROR_IN_FLIGHT} copies still wait on the local app");
+                return text_response(StatusCode::SERVICE_UNAVAILABLE, &msg);
+            }
+            Some(Ok(permit)) => Some(permit),
+            None => None,
+        };
         let port = self.local_port(&req);
         req.headers_mut().remove(HOP_HEADER_SESSION);
         req.headers_mut().remove(HOP_HEADER_POD);
@@ -82,16 +112,21 @@ impl Forwarder {
                 let msg = format!("the local app at {addr} did not answer: {error}");
                 tracing::debug!(local.addr = %addr, %error, "forward failed");
                 *self.stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg.clone());
-                let mut resp = Response::new(
-                    Full::new(Bytes::from(format!("shunt: {msg}\n")))
-                        .map_err(BoxError::from)
-                        .boxed(),
-                );
-                *resp.status_mut() = StatusCode::BAD_GATEWAY;
-                resp
+                text_response(StatusCode::BAD_GATEWAY, &msg)
             }
         }
     }
+}
+
+/// A plain-text answer `shunt: <msg>`.
+fn text_response(status: StatusCode, msg: &str) -> Response<Body> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from(format!("shunt: {msg}\n")))
+            .map_err(BoxError::from)
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    resp
 }
 
 fn is_grpc(req: &Request<Incoming>) -> bool {

@@ -72,7 +72,10 @@ pub async fn run(cluster: &Cluster, args: &SessionArgs, mode: Mode) -> anyhow::R
     }
     eprintln!("Ctrl-C ends the session.");
 
-    let forwarder = Forwarder::new(&args.local_host, &args.ports);
+    let forwarder = match mode {
+        Mode::Mirror => Forwarder::for_mirror(&args.local_host, &args.ports),
+        Mode::Steal => Forwarder::new(&args.local_host, &args.ports),
+    };
     let (done_tx, mut done) = watch::channel(None::<String>);
     let connected = watch::channel(false);
     let status = tokio::spawn(status_line(
@@ -256,6 +259,10 @@ async fn status_line(
             "tunnel reconnecting"
         };
         let routed = forwarder.stats.routed.load(Ordering::Relaxed);
+        let dropped = match forwarder.stats.dropped.load(Ordering::Relaxed) {
+            0 => String::new(),
+            n => format!(" ({n} copies dropped: the local app is not keeping up)"),
+        };
         let error = forwarder
             .stats
             .last_error
@@ -263,7 +270,7 @@ async fn status_line(
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let line = format!(
-            "{tunnel} · {pods} · {routed} requests routed · last error: {}",
+            "{tunnel} · {pods} · {routed} requests routed{dropped} · last error: {}",
             error.as_deref().unwrap_or("none")
         );
         if tty {

@@ -1,4 +1,4 @@
-//! `shunt policy explain <target>`: asks the operator (a `policyreviews` create, like
+//! `shunt policy explain <target>`: asks the operator (a namespaced `policyreviews` create, like
 //! `kubectl auth can-i`) whether a session would be allowed, and which policy and rule
 //! decide.
 
@@ -75,7 +75,8 @@ pub async fn run(cluster: &Cluster, args: &PolicyArgs) -> anyhow::Result<()> {
             "namespace": cluster.namespace, "target": args.target, "mode": args.mode,
             "ports": args.ports, "filter": filter.map(|f| f.to_string())},
     });
-    let req = Request::post("/apis/api.shunt.dev/v1/policyreviews")
+    let path = format!("/apis/api.shunt.dev/v1/namespaces/{}/policyreviews", cluster.namespace);
+    let req = Request::post(path)
         .header("content-type", "application/json")
         .body(body.to_string().into_bytes())
         .context("cannot build the PolicyReview request")?;

@@ -1,14 +1,16 @@
-//! End to end on kubesim (loopback mode, no root), all real code: the operator and the
-//! webhook in-process, the sidecars and echo apps as pod processes (`shunt __sidecar`,
+//! End to end on kubesim (loopback mode, no root), all real code: shunt installed from the
+//! Helm chart's rendered manifests (operator and webhook as pods: `shunt __operator`,
+//! `shunt __webhook`), the sidecars and echo apps as pod processes (`shunt __sidecar`,
 //! `shunt __echo`), and the developers' real `shunt intercept` / `shunt mirror` processes
-//! with their own kubeconfigs and the `shunt-user` Role. Tests 1, 4, 5 and 7 of issue 5.
+//! with their own kubeconfigs, bound to the chart's ClusterRole `shunt-user`. Tests 1, 4, 5
+//! and 7 of issue 5, and the review of the chart's user roles (issue 8).
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use shunt_cli::demo::developer::{Developer, Kind, LocalApp};
+use shunt_cli::demo::developer::{Developer, Kind};
 use shunt_cli::demo::stack::{poll, Stack, StackOptions};
 use shunt_cli::demo::traffic::served_by;
 
@@ -21,10 +23,8 @@ fn shunt() -> PathBuf {
 
 async fn stack(replicas: u32) -> Stack {
     Stack::start(StackOptions {
-        shunt_exe: shunt(),
-        replicas,
         session_grace: GRACE,
-        timeout: Duration::from_secs(60),
+        ..StackOptions::new(shunt(), replicas)
     })
     .await
     .unwrap()
@@ -223,23 +223,58 @@ async fn a_mirror_gets_copies_while_the_pods_answer() {
     .await
     .unwrap();
     assert_eq!(carol.served(), 61);
+}
 
-    // A stalled consumer (accepts, never reads): every client still gets its pod's answer.
-    // How much it costs them is measured by `shunt-bench session` (docs/benchmarks.md).
-    drop(carol);
-    stack.wait_routes(0).await.unwrap();
-    let stalled = Developer::start_with(
-        &stack,
-        &shunt(),
-        "carol",
-        Kind::Mirror,
-        Some("x-user: carol"),
-        LocalApp::Stalled,
-    )
-    .await
-    .unwrap();
-    stack.wait_routes(1).await.unwrap();
-    let seen = answers(&stack, 200, Some("carol")).await;
-    assert!(pods_only(&seen) && seen.values().sum::<usize>() == 200, "{seen:?}");
-    assert!(stalled.served() >= 1, "the copies never reached carol's stalled app");
+/// The chart's user roles, as installed: `shunt-user` (alice, bob) intercepts with a
+/// filter but may neither steal a whole port nor end a colleague's session; `shunt-admin`
+/// (lead) may do both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shunt_user_and_shunt_admin_roles_of_the_chart() {
+    let stack = stack(1).await;
+    let binding = serde_json::json!({"metadata": {"name": "lead-shunt-admin"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "lead"}],
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "shunt-admin"}});
+    let path = "/apis/rbac.authorization.k8s.io/v1/namespaces/shop/rolebindings";
+    shunt_cli::demo::stack::create(&stack.admin, path, binding)
+        .await
+        .unwrap();
+    let alice = intercept(&stack, "alice").await;
+    let session = stack.sessions().await.unwrap()[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let run = |user: &str, args: &[&str]| {
+        let kubeconfig = stack.kubeconfig(user).unwrap();
+        let out = std::process::Command::new(shunt())
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(args)
+            .args(["-n", "shop"])
+            .env_remove("KUBECONFIG")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+
+    // bob (shunt-user) cannot end alice's session: the error names the verb and the role.
+    let (ok, out) = run("bob", &["sessions", "kill", &session]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("\"kill\"") && out.contains("shunt-admin"), "{out}");
+    // Nor steal the whole port.
+    let (ok, out) = run("bob", &["intercept", "deployment/api", "--port", "8080:1"]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("steal-unfiltered"), "{out}");
+    assert_eq!(stack.sessions().await.unwrap().len(), 1);
+
+    // lead (shunt-admin) can end it; alice's CLI learns why and stops.
+    let (ok, out) = run("lead", &["sessions", "kill", &session]);
+    assert!(ok, "{out}");
+    let mut cli = alice.cli;
+    let status = tokio::time::timeout(Duration::from_secs(20), cli.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!status.success());
+    assert!(stack.sessions().await.unwrap().is_empty());
 }

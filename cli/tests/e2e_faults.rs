@@ -4,13 +4,12 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::path::PathBuf;
-use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use shunt_cli::demo::developer::{Developer, Kind};
-use shunt_cli::demo::stack::{poll, Stack, StackOptions, NS};
+use shunt_cli::demo::developer::{Developer, Kind, LocalApp};
+use shunt_cli::demo::stack::{poll, Stack, StackOptions};
 use shunt_cli::demo::traffic::served_by;
 
 const GRACE: Duration = Duration::from_secs(2);
@@ -24,10 +23,8 @@ fn shunt() -> PathBuf {
 
 async fn stack(replicas: u32) -> Stack {
     Stack::start(StackOptions {
-        shunt_exe: shunt(),
-        replicas,
         session_grace: GRACE,
-        timeout: Duration::from_secs(60),
+        ..StackOptions::new(shunt(), replicas)
     })
     .await
     .unwrap()
@@ -70,15 +67,15 @@ fn sent_count(log: &Mutex<Vec<Sent>>) -> usize {
     log.lock().unwrap().len()
 }
 
-/// Test 6: the operator is killed (no drain) and restarted on the same addresses while
-/// alice and bob intercept and traffic flows: requests without a session header never
+/// Test 6: the operator's process is killed (`kill -9`, no drain) and restarted by the
+/// kubelet, as on a cluster, while alice and bob intercept and traffic flows: requests without a session header never
 /// fail; session requests are served by the pods while the operator is away (never by
 /// the wrong developer, never failing); once the CLIs reconnect, they reach alice and bob
 /// again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_restart_fails_open_and_the_sessions_come_back() {
     let _serial = SERIAL.lock().await;
-    let mut stack = stack(3).await;
+    let stack = stack(3).await;
     let mut alice = intercept(&stack, "alice").await;
     let mut bob = intercept(&stack, "bob").await;
     stack.wait_routes(2).await.unwrap();
@@ -92,7 +89,8 @@ async fn an_operator_restart_fails_open_and_the_sessions_come_back() {
     .await
     .unwrap();
 
-    stack.kill_operator();
+    let old_pid = stack.operator_pid().await.unwrap();
+    stack.kill_operator().await.unwrap();
     let killed = Instant::now();
     let at_kill = sent_count(&log);
     poll(
@@ -102,7 +100,18 @@ async fn an_operator_restart_fails_open_and_the_sessions_come_back() {
     )
     .await
     .unwrap();
-    stack.restart_operator().unwrap();
+    // The kubelet restarts the container (back-off 1 s); the window ends when the new
+    // process exists, before it can serve anything.
+    poll(
+        "the kubelet to restart the operator",
+        Duration::from_secs(30),
+        async || {
+            let pid = stack.operator_pid().await.ok()?;
+            (pid != old_pid).then_some(())
+        },
+    )
+    .await
+    .unwrap();
     let restarted = Instant::now();
     // Fail-open while the operator was away, checked before waiting for the recovery.
     check(&log.lock().unwrap(), killed, restarted, "before the CLIs reconnected");
@@ -176,22 +185,6 @@ fn check(log: &[Sent], killed: Instant, restarted: Instant, when: &str) {
     assert_eq!(by_pods, outage.len(), "while the operator was away: {outage:#?}");
 }
 
-/// A local "app" that accepts connections and never answers; counts the connections.
-async fn stalled_app() -> (u16, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::Relaxed);
-            held.push(socket);
-        }
-    });
-    (port, accepted)
-}
-
 /// p99 of `n` requests through the Service with carol's header and of `n` without,
 /// interleaved (same load, same moment); each checked to be a pod's answer.
 async fn p99(stack: &Stack, n: usize) -> (Duration, Duration) {
@@ -220,40 +213,29 @@ async fn a_stalled_mirror_consumer_does_not_slow_the_clients() {
     p99(&stack, 30).await; // warm up
     let (without, _) = p99(&stack, 300).await;
 
-    let (port, accepted) = stalled_app().await;
-    let kubeconfig = stack.kubeconfig("carol").unwrap();
-    let mut carol = tokio::process::Command::new(shunt())
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .args(["mirror", "deployment/api", "--port", &format!("8080:{port}"), "-n", NS])
-        .args(["--header", "x-user: carol"])
-        .env_remove("KUBECONFIG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    poll(
-        "carol's mirror session to become Active",
-        Duration::from_secs(30),
-        async || {
-            let sessions = stack.sessions().await.ok()?;
-            sessions
-                .iter()
-                .any(|s| s["status"]["user"] == "carol" && s["status"]["phase"] == "Active")
-                .then_some(())
-        },
+    let mut carol = Developer::start_with(
+        &stack,
+        &shunt(),
+        "carol",
+        Kind::Mirror,
+        Some("x-user: carol"),
+        LocalApp::Stalled,
     )
     .await
     .unwrap();
     stack.wait_routes(1).await.unwrap();
     let (with, unmirrored) = p99(&stack, 300).await;
+    let held = carol.served();
     assert!(
-        accepted.load(Ordering::Relaxed) > 0,
+        held > 0,
         "carol's stalled app never got a copy: the test measured nothing"
     );
-    assert!(carol.try_wait().unwrap().is_none(), "carol's shunt exited");
+    // Her CLI bounds the copies waiting on her app; the rest are dropped and counted.
+    assert!(
+        held <= shunt_cli::forward::MIRROR_IN_FLIGHT as u64,
+        "her CLI holds {held} connections to the stalled app"
+    );
+    assert!(carol.cli.try_wait().unwrap().is_none(), "carol's shunt exited");
 
     println!(
         "client p99 (300 requests each): before carol's session {without:?}; during it, mirrored to her stalled app \

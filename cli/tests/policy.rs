@@ -8,16 +8,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::json;
 use shunt_cli::demo::developer::{Developer, Kind};
-use shunt_cli::demo::stack::{create, poll, request, Stack, StackOptions, NS};
+use shunt_cli::demo::stack::{poll, request, Stack, StackOptions, NS};
 
 fn shunt() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_shunt"))
-}
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
 }
 
 /// Runs a program off the runtime (kubesim serves it from this test's runtime).
@@ -45,14 +40,7 @@ const POLICY: &str = r#"{"apiVersion": "policy.shunt.dev/v1alpha1", "kind": "Shu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_and_intercept_name_the_deciding_policy_and_rule() {
-    let stack = Stack::start(StackOptions {
-        shunt_exe: shunt(),
-        replicas: 1,
-        session_grace: Duration::from_secs(2),
-        timeout: Duration::from_secs(60),
-    })
-    .await
-    .unwrap();
+    let stack = Stack::start(StackOptions::new(shunt(), 1)).await.unwrap();
     let admin = stack.kubeconfig("kubesim-admin").unwrap();
     std::fs::write(
         &admin,
@@ -62,29 +50,10 @@ async fn explain_and_intercept_name_the_deciding_policy_and_rule() {
     let kubectl = Path::new("kubectl");
     let policy_file = admin.with_file_name("only-yours.json");
     std::fs::write(&policy_file, POLICY).unwrap();
-    for file in [repo("charts/shunt/crds/shuntpolicies.yaml"), policy_file] {
-        let (ok, out) = run(kubectl, &admin, &["apply", "-f", &file.display().to_string()]).await;
-        assert!(ok, "{out}");
-    }
-    let reviewers = json!({"metadata": {"name": "shunt-policyreviews"}, "rules": [
-        {"apiGroups": ["api.shunt.dev"], "resources": ["policyreviews"], "verbs": ["create"]}]});
-    create(
-        &stack.admin,
-        "/apis/rbac.authorization.k8s.io/v1/clusterroles",
-        reviewers,
-    )
-    .await
-    .unwrap();
-    let binding = json!({"metadata": {"name": "shunt-policyreviews"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "shunt-policyreviews"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}]});
-    create(
-        &stack.admin,
-        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
-        binding,
-    )
-    .await
-    .unwrap();
+    // The CRDs came with the chart; alice may create policyreviews through the chart's
+    // ClusterRole shunt-user, which the stack binds in shop.
+    let (ok, out) = run(kubectl, &admin, &["apply", "-f", &policy_file.display().to_string()]).await;
+    assert!(ok, "{out}");
     poll(
         "the operator to report the policy Ready",
         Duration::from_secs(20),

@@ -9,6 +9,7 @@
 //! - [`policy`]: the `policy.shunt.dev` policies: status, enforcement, `policyreviews`;
 //! - [`registry`]: sessions, conflict checks, the routes each pod must have;
 //! - [`hub`]: the TLS endpoint sidecars dial for their routes and to relay requests;
+//! - [`tls_secret`]: the serving certificate of both from a watched Secret (`--tls-secret`);
 //! - [`tunnel`]: per session, the CLI's HTTP/2 connection that serves stolen requests.
 
 pub mod api;
@@ -21,6 +22,7 @@ pub mod lifecycle;
 pub mod policy;
 pub mod registry;
 pub mod targets;
+pub mod tls_secret;
 pub mod tunnel;
 
 pub use app::{run, run_with, Listeners};

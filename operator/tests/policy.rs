@@ -215,18 +215,22 @@ async fn setup() -> Env {
             .await;
         }
     }
+    // policyreviews are namespaced: a ClusterRole bound in a namespace lets alice ask there
+    // and in team-a (where a 400 for the wrong namespace is checked).
     let reviewers = json!({"metadata": {"name": "shunt-policyreviews"}, "rules": [
         {"apiGroups": ["api.shunt.dev"], "resources": ["policyreviews"], "verbs": ["create"]}]});
     create(&admin, "/apis/rbac.authorization.k8s.io/v1/clusterroles", reviewers).await;
-    let binding = json!({"metadata": {"name": "shunt-policyreviews"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "shunt-policyreviews"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}]});
-    create(
-        &admin,
-        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
-        binding,
-    )
-    .await;
+    for ns in ["shop", "team-a"] {
+        let binding = json!({"metadata": {"name": "shunt-policyreviews"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "shunt-policyreviews"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}]});
+        create(
+            &admin,
+            &format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings"),
+            binding,
+        )
+        .await;
+    }
 
     let kubeconfig = std::env::temp_dir().join(format!("shunt-policy-test-{}.json", std::process::id()));
     std::fs::write(
@@ -432,13 +436,22 @@ async fn policies_from_git_are_enforced_explained_and_reported() {
     // policyreviews explain the same decision.
     let review = json!({"apiVersion": "api.shunt.dev/v1", "kind": "PolicyReview", "spec": {
         "namespace": "shop", "target": pay, "mode": "steal", "filter": "x-shunt-user: bob", "ports": [8080]}});
-    let (status, answer) = request(&alice, "POST", "/apis/api.shunt.dev/v1/policyreviews", Some(review)).await;
+    let reviews = "/apis/api.shunt.dev/v1/namespaces/shop/policyreviews";
+    let (status, answer) = request(&alice, "POST", reviews, Some(review.clone())).await;
     assert_eq!(status, 201, "{answer}");
     assert_eq!(answer["spec"]["user"], "alice");
     assert_eq!(answer["status"]["allowed"], false, "{answer}");
     assert_eq!(
         (answer["status"]["policy"].as_str(), answer["status"]["rule"].as_str()),
         (Some(guard), Some("maxSessionsPerUser"))
+    );
+    // A review names its own namespace only.
+    let elsewhere = "/apis/api.shunt.dev/v1/namespaces/team-a/policyreviews";
+    let (status, answer) = request(&alice, "POST", elsewhere, Some(review)).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["message"].as_str().unwrap().contains("does not match"),
+        "{answer}"
     );
     let (ok, resources) = kubectl(kc, &["api-resources", "--api-group", "api.shunt.dev"]).await;
     assert!(ok && resources.contains("policyreviews"), "{resources}");

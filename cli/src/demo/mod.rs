@@ -1,5 +1,5 @@
-//! `shunt demo`: the whole system on a local test cluster, without root. Starts kubesim
-//! with the operator and the webhook ([`stack`]), a 3-replica echo Deployment behind a
+//! `shunt demo`: the whole system on a local test cluster, without root. Starts kubesim,
+//! installs shunt from the Helm chart's rendered manifests ([`install`], [`stack`]), a 3-replica echo Deployment behind a
 //! Service; alice and bob intercept it with their headers and carol mirrors it
 //! ([`developer`], the real `shunt` as child processes); then sends requests through the
 //! Service with `x-user: alice`, `x-user: bob` or no header in turn, prints who answered
@@ -8,6 +8,8 @@
 //! [`pods`] holds the hidden `__sidecar`/`__echo` entry points the pods run.
 
 pub mod developer;
+pub mod install;
+pub mod kube;
 pub mod pods;
 pub mod stack;
 pub mod traffic;
@@ -54,16 +56,10 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let shunt = std::env::current_exe()?;
     let started = Instant::now();
     eprintln!(
-        "starting kubesim (loopback network, no root), the shunt operator and webhook, deployment/api with {} replicas…",
+        "starting kubesim (loopback network, no root), installing shunt from its Helm chart (operator and webhook pods), deployment/api with {} replicas…",
         args.replicas
     );
-    let stack = Stack::start(StackOptions {
-        shunt_exe: shunt.clone(),
-        replicas: args.replicas,
-        session_grace: Duration::from_secs(2),
-        timeout: Duration::from_secs(60),
-    })
-    .await?;
+    let stack = Stack::start(StackOptions::new(shunt.clone(), args.replicas)).await?;
     eprintln!(
         "cluster ready in {:.1} s: {} pods injected, sidecars connected to the operator's hub",
         started.elapsed().as_secs_f64(),

@@ -137,7 +137,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(open_tunnel),
         )
         .route(
-            &format!("{v1}/policyreviews"),
+            &format!("{v1}/namespaces/{{ns}}/policyreviews"),
             axum::routing::post(crate::policy::review::create),
         )
         .route(&format!("{v1}/targets"), get(list_all_targets))

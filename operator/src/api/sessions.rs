@@ -78,9 +78,19 @@ fn denial(caller: &Caller, verb: &str, namespace: &str, spec: &SessionSpec, reas
     )
 }
 
-/// Asks kube-apiserver whether `caller` may use `verb` on the target.
-async fn authorize(state: &AppState, caller: &Caller, namespace: &str, spec: &SessionSpec) -> Result<(), ApiError> {
-    let verb = verb_for(spec);
+/// The custom verb on `sessions` that ends another user's session.
+pub const KILL_VERB: &str = "kill";
+
+/// Asks kube-apiserver whether `caller` may use `verb` on `resource` `name` of the API
+/// group in `namespace`: `Ok(None)` if allowed, `Ok(Some(reason))` if not.
+async fn access_review(
+    state: &AppState,
+    caller: &Caller,
+    namespace: &str,
+    resource: &str,
+    verb: &str,
+    name: &str,
+) -> Result<Option<String>, ApiError> {
     let review = SubjectAccessReview {
         spec: SubjectAccessReviewSpec {
             user: Some(caller.user.clone()),
@@ -88,9 +98,9 @@ async fn authorize(state: &AppState, caller: &Caller, namespace: &str, spec: &Se
             extra: (!caller.extra.is_empty()).then(|| caller.extra.clone().into_iter().collect::<BTreeMap<_, _>>()),
             resource_attributes: Some(ResourceAttributes {
                 group: Some(API_GROUP.into()),
-                resource: Some("targets".into()),
+                resource: Some(resource.into()),
                 verb: Some(verb.into()),
-                name: Some(spec.target.resource_name()),
+                name: Some(name.into()),
                 namespace: Some(namespace.into()),
                 ..ResourceAttributes::default()
             }),
@@ -105,20 +115,24 @@ async fn authorize(state: &AppState, caller: &Caller, namespace: &str, spec: &Se
         .map_err(|error| {
             tracing::warn!(%error, "SubjectAccessReview failed");
             ApiError::internal(
-                "cannot check the target permission: the SubjectAccessReview failed; retry, and see the operator's log",
+                "cannot check the permission: the SubjectAccessReview failed; retry, and see the operator's log",
             )
         })?;
     let status = answer.status.unwrap_or_default();
     if status.allowed && !status.denied.unwrap_or(false) {
-        return Ok(());
+        return Ok(None);
     }
-    let message = denial(
-        caller,
-        verb,
-        namespace,
-        spec,
-        status.reason.as_deref().unwrap_or_default(),
-    );
+    Ok(Some(status.reason.unwrap_or_default()))
+}
+
+/// Asks kube-apiserver whether `caller` may use the session's verb on the target.
+async fn authorize(state: &AppState, caller: &Caller, namespace: &str, spec: &SessionSpec) -> Result<(), ApiError> {
+    let verb = verb_for(spec);
+    let resource = spec.target.resource_name();
+    let Some(reason) = access_review(state, caller, namespace, "targets", verb, &resource).await? else {
+        return Ok(());
+    };
+    let message = denial(caller, verb, namespace, spec, &reason);
     state
         .events
         .publish(namespace, &spec.target, true, "SessionDenied", message.clone());
@@ -322,6 +336,31 @@ pub async fn delete(
     caller: Caller,
     Path((namespace, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
+    // kube-apiserver checked `delete` on sessions; ending someone else's session also
+    // takes the custom verb `kill` (ClusterRole shunt-admin), so every developer can end
+    // their own sessions but not a colleague's.
+    let owner = state
+        .registry
+        .get(&namespace, &name)
+        .ok_or_else(|| not_found(&name))?
+        .user;
+    if owner != caller.user {
+        if let Some(reason) = access_review(&state, &caller, &namespace, "sessions", KILL_VERB, &name).await? {
+            let why = if reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({reason})")
+            };
+            return Err(ApiError::forbidden(format!(
+                "user {:?} may not end session {name:?} of user {owner:?} in namespace {namespace:?}: ending another \
+                 user's session needs RBAC verb {KILL_VERB:?} on resource \"sessions\" in API group {API_GROUP:?}{why}; \
+                 the ClusterRole shunt-admin grants it (kubectl create rolebinding {user}-shunt-admin \
+                 --clusterrole=shunt-admin --user={user} -n {namespace})",
+                caller.user,
+                user = caller.user
+            )));
+        }
+    }
     let session = state
         .registry
         .end(&namespace, &name, format!("ended: deleted by {}", caller.user))

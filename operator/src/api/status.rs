@@ -98,7 +98,7 @@ pub fn api_resource_list() -> Value {
             {"name": "sessions/tunnel", "singularName": "", "namespaced": true, "kind": "Session", "verbs": ["get"]},
             {"name": "targets", "singularName": "target", "namespaced": true, "kind": "Target",
              "verbs": ["get", "list"], "categories": ["shunt"]},
-            {"name": "policyreviews", "singularName": "policyreview", "namespaced": false, "kind": "PolicyReview",
+            {"name": "policyreviews", "singularName": "policyreview", "namespaced": true, "kind": "PolicyReview",
              "verbs": ["create"]},
         ],
     })

@@ -1,6 +1,8 @@
-//! `policyreviews` (`api.shunt.dev/v1`, cluster-scoped, create-only like
-//! SubjectAccessReview): "would this session be allowed, and which policy and rule
-//! decide?". The answer is the one session creation would give now ([`admit_session`]).
+//! `policyreviews` (`api.shunt.dev/v1`, namespaced and create-only, like
+//! LocalSubjectAccessReview): "would this session on a target of this namespace be
+//! allowed, and which policy and rule decide?". The answer is the one session creation
+//! would give now ([`admit_session`]). Namespaced, so the per-namespace RoleBinding of
+//! ClusterRole `shunt-user` that lets a developer open sessions lets them ask too.
 
 use std::sync::Arc;
 
@@ -30,7 +32,8 @@ pub struct ReviewSpec {
     /// Their groups (informational: policies select targets, not groups).
     #[serde(default)]
     pub groups: Vec<String>,
-    /// The target's namespace.
+    /// The target's namespace: empty or the request path's.
+    #[serde(default)]
     pub namespace: String,
     /// `<kind>/<name>`.
     pub target: TargetRef,
@@ -97,11 +100,12 @@ pub async fn admit_session(
     Err(ApiError::forbidden(message))
 }
 
-/// `POST /apis/api.shunt.dev/v1/policyreviews`.
+/// `POST /apis/api.shunt.dev/v1/namespaces/{ns}/policyreviews`.
 pub async fn create(
     State(state): State<Arc<AppState>>,
     policies: Option<Extension<Policies>>,
     caller: Caller,
+    axum::extract::Path(namespace): axum::extract::Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let Some(Extension(policies)) = policies else {
@@ -111,7 +115,18 @@ pub async fn create(
             "this operator does not enforce shunt policies (no policy controller is running)",
         ));
     };
-    let (mut obj, spec) = parse(&body)?;
+    let (mut obj, mut spec) = parse(&body)?;
+    if spec.namespace.is_empty() {
+        spec.namespace.clone_from(&namespace);
+    } else if spec.namespace != namespace {
+        return Err(ApiError::bad_request(format!(
+            "spec.namespace {:?} does not match the request's namespace {namespace:?}: \
+             a PolicyReview asks about targets of its own namespace",
+            spec.namespace
+        )));
+    }
+    obj["metadata"]["namespace"] = json!(namespace);
+    obj["spec"]["namespace"] = json!(namespace);
     let user = if spec.user.is_empty() {
         caller.user.clone()
     } else {

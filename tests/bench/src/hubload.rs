@@ -4,8 +4,8 @@
 //! TokenRequest bound to it (audience `shunt.dev/sidecar`); then opens one TLS + HTTP/2
 //! connection per pod to the hub and keeps its routes watch (`GET /hub/v1/routes`) open,
 //! as a sidecar does. The clients run in a child process (this executable re-run as
-//! [`CLIENTS_COMMAND`]); the operator runs in this process (the stack's, with kubesim), so
-//! the figure is this process's VmRSS growth while they connect.
+//! [`CLIENTS_COMMAND`]); the figure is the operator process's VmRSS growth while they
+//! connect.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -56,16 +56,18 @@ pub async fn measure(stack: &Stack, count: usize) -> Result<Memory> {
             _ => bail!("TokenRequest for pod {name} failed ({status})"),
         }
     }
-    // The stack keeps the operator's CA next to the kubeconfigs it writes.
-    let ca = stack.kubeconfig("alice")?.with_file_name("operator-ca.crt");
-    let tokens = ca.with_file_name("bench-sidecar-tokens");
+    // The CA the sidecars trust for the hub, kept by the webhook in Secret shunt-tls.
+    let ca = stack.dir().join("operator-ca.crt");
+    std::fs::write(&ca, stack.hub_ca_pem().await?).with_context(|| format!("cannot write {}", ca.display()))?;
+    let tokens = stack.dir().join("bench-sidecar-tokens");
     let lines: String = sidecars
         .iter()
         .map(|(name, token)| format!("{name} {token}\n"))
         .collect();
     std::fs::write(&tokens, lines).with_context(|| format!("cannot write {}", tokens.display()))?;
     let baseline = stack.connected_sidecars().await.unwrap_or(0);
-    let before = crate::procfs::status_kib(std::process::id(), "VmRSS")?;
+    let operator = stack.operator_pid().await?;
+    let before = crate::procfs::status_kib(operator, "VmRSS")?;
     let mut clients = tokio::process::Command::new(std::env::current_exe()?)
         .arg(CLIENTS_COMMAND)
         .arg(stack.hub.to_string())
@@ -91,7 +93,7 @@ pub async fn measure(stack: &Stack, count: usize) -> Result<Memory> {
         async || (stack.connected_sidecars().await? >= want).then_some(()),
     )
     .await?;
-    let after = crate::procfs::status_kib(std::process::id(), "VmRSS")?;
+    let after = crate::procfs::status_kib(operator, "VmRSS")?;
     drop(clients);
     Ok(Memory {
         before,
@@ -100,12 +102,12 @@ pub async fn measure(stack: &Stack, count: usize) -> Result<Memory> {
     })
 }
 
-/// VmRSS in KiB: this process (kubesim and the operator) before and after the sidecars
-/// connected, and the simulated sidecars' own process.
+/// VmRSS in KiB: the operator's process before and after the sidecars connected, and the
+/// simulated sidecars' own process.
 pub struct Memory {
-    /// This process before.
+    /// The operator before.
     pub before: u64,
-    /// This process with every simulated sidecar connected.
+    /// The operator with every simulated sidecar connected.
     pub after: u64,
     /// The simulated sidecars' process.
     pub clients: u64,

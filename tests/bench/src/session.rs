@@ -1,6 +1,7 @@
 //! `shunt-bench session`: a developer's session on the full stack of `shunt demo`
-//! (`shunt_cli::demo::stack`: kubesim in loopback mode, the operator and the webhook
-//! in-process, the pods' sidecars and echo apps as processes of the release `shunt`), and
+//! (`shunt_cli::demo::stack`: kubesim in loopback mode, shunt installed from the Helm
+//! chart; the operator, webhook, sidecars and echo apps are pod processes of the release
+//! `shunt`), and
 //! the real `shunt intercept` as the developer's process. Measures:
 //!
 //! - set-up time: from spawning `shunt intercept` to the first request through Service
@@ -13,8 +14,8 @@
 //! - mirroring: the clients' latency through the Service with no session, with a mirror
 //!   session whose consumer answers, and with one whose consumer stalls (accepts, never
 //!   reads): blocks of the three alternate, so drift of a shared machine hits all alike;
-//! - memory: the growth of this process's VmRSS (the operator runs in it) when 1,000
-//!   simulated sidecars connect to the hub ([`crate::hubload`]).
+//! - memory: the growth of the operator process's VmRSS when 1,000 simulated sidecars
+//!   connect to the hub ([`crate::hubload`]).
 //!
 //! No root. It builds nothing: it runs the `shunt` found next to its own executable.
 //!
@@ -108,10 +109,8 @@ pub fn main(args: impl Iterator<Item = String>) -> Result<()> {
 async fn run(shunt: &Path, options: &Options) -> Result<()> {
     eprintln!("starting the stack (kubesim, operator, webhook, 3 replicas)…");
     let stack = Stack::start(StackOptions {
-        shunt_exe: shunt.to_owned(),
-        replicas: 3,
-        session_grace: Duration::from_secs(2),
         timeout: Duration::from_secs(180),
+        ..StackOptions::new(shunt.to_owned(), 3)
     })
     .await?;
     let mut setups = vec![(3, setup_series(&stack, shunt, options.runs_small).await?)];
@@ -185,8 +184,8 @@ async fn run(shunt: &Path, options: &Options) -> Result<()> {
     }
     println!(
         "\nMemory with {n} simulated sidecars (TLS + HTTP/2, routes watch open, pod-bound tokens) \
-         connected to the hub, the clients in a child process; the operator runs in the bench \
-         process (with kubesim), so this is that process's VmRSS:\n",
+         connected to the hub, the clients in a child process; VmRSS of the operator's process \
+         (its pod, installed from the chart):\n",
         n = options.sidecars
     );
     println!("| VmRSS before | VmRSS after | growth | per sidecar | (the clients' process) |");
@@ -378,8 +377,8 @@ async fn mirror(stack: &Stack, shunt: &Path, requests: usize) -> Result<Mirror> 
             samples.sort();
             let got = match case {
                 0 => "-".to_owned(),
-                1 => format!("{copies} of {}", samples.len()),
-                _ => format!("0 ({copies} connections held open)"),
+                1 => format!("{copies} of {}", samples.len() + WARM_UP * MIRROR_ROUNDS),
+                _ => format!("0 ({copies} connections held open by the CLI)"),
             };
             (*name, (quantile(samples, 0.50), quantile(samples, 0.99)), got)
         })
