@@ -4,7 +4,9 @@
 //!
 //! Only the leader serves the API and the hub: sessions live in its memory, so one
 //! replica must own them all. A standby answers `/healthz` but not `/readyz`, so its
-//! Service endpoints (API, hub) stay empty until it leads.
+//! Service endpoints (API, hub) stay empty until it leads. With `--tls-secret`, a replica
+//! competes for the Lease only once the Secret gave it a certificate to serve; until then
+//! `/readyz` says what it waits for.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,20 +26,29 @@ use crate::leader::Leader;
 use crate::lifecycle::{Events, Lifecycle};
 use crate::policy::{Controller as PolicyController, Policies};
 use crate::registry::Registry;
+use crate::tls_secret::{self, ServingCert};
 use crate::tunnel::Tunnels;
 
 struct Admin {
     ready: AtomicBool,
     metrics: prometheus_client::registry::Registry,
+    /// The certificate of `--tls-secret`, if given.
+    cert: Option<Arc<ServingCert>>,
 }
 
 async fn readyz(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
+    if let Some(reason) = admin.cert.as_ref().and_then(|c| c.not_ready()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no certificate to serve: {reason}\n"),
+        );
+    }
     if admin.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok")
+        (StatusCode::OK, "ok".to_owned())
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "standby: another replica holds the Lease",
+            "standby: another replica holds the Lease".to_owned(),
         )
     }
 }
@@ -105,9 +116,19 @@ pub async fn run_with(
     let mut metrics = prometheus_client::registry::Registry::default();
     hub_state.metrics().register(&mut metrics);
     metrics.register("shunt_operator_sessions", "Sessions held", sessions_gauge.clone());
+    let cert = args.tls_secret.as_ref().map(|name| {
+        let expiry = Gauge::<i64>::default();
+        metrics.register(
+            "shunt_operator_certificate_expiry_timestamp_seconds",
+            "notAfter of the served certificate (--tls-secret), Unix time",
+            expiry.clone(),
+        );
+        (name.clone(), Arc::new(ServingCert::new(&args.namespace, name, expiry)))
+    });
     let admin = Arc::new(Admin {
         ready: AtomicBool::new(false),
         metrics,
+        cert: cert.as_ref().map(|(_, cert)| cert.clone()),
     });
     let Listeners {
         api: api_listener,
@@ -131,6 +152,22 @@ pub async fn run_with(
     });
 
     tokio::pin!(shutdown);
+    // Runs until the operator stops (standbys keep their certificate current too).
+    let cert_task = cert.as_ref().map(|(name, cert)| {
+        tokio::spawn(tls_secret::watch(
+            client.clone(),
+            args.namespace.clone(),
+            name.clone(),
+            cert.clone(),
+        ))
+    });
+    let _cert_task = AbortOnDrop(cert_task);
+    if let Some((_, cert)) = &cert {
+        tokio::select! {
+            () = cert.loaded() => {}
+            () = &mut shutdown => return Ok(()),
+        }
+    }
     let leader = Leader::new(client.clone(), &args.namespace, &args.lease_name, &args.identity());
     tokio::select! {
         () = leader.acquire() => {}
@@ -138,23 +175,31 @@ pub async fn run_with(
     }
 
     let trust = FrontProxy::load(client.clone()).await?;
-    let (api_cert, api_key) = tls_pair(
-        args.api_tls_cert.as_ref(),
-        args.api_tls_key.as_ref(),
-        &args.server_name,
-        "API",
-    )?;
-    let tls = trust.server_tls(api_cert.as_bytes(), api_key.as_bytes())?;
-    let (hub_cert, hub_key) = tls_pair(
-        args.hub_tls_cert.as_ref(),
-        args.hub_tls_key.as_ref(),
-        &args.server_name,
-        "hub",
-    )?;
-    let hub_config = HubConfig {
-        listen: hub_addr,
-        cert_pem: hub_cert,
-        key_pem: hub_key,
+    let (tls, hub_tls) = match &cert {
+        Some((_, cert)) => (trust.server_tls_with(cert.clone())?, hub::tls_config(cert.clone())?),
+        None => {
+            let (api_cert, api_key) = tls_pair(
+                args.api_tls_cert.as_ref(),
+                args.api_tls_key.as_ref(),
+                &args.server_name,
+                "API",
+            )?;
+            let (hub_cert, hub_key) = tls_pair(
+                args.hub_tls_cert.as_ref(),
+                args.hub_tls_key.as_ref(),
+                &args.server_name,
+                "hub",
+            )?;
+            let hub_config = HubConfig {
+                listen: hub_addr,
+                cert_pem: hub_cert,
+                key_pem: hub_key,
+            };
+            (
+                trust.server_tls(api_cert.as_bytes(), api_key.as_bytes())?,
+                hub::fixed_tls_config(&hub_config)?,
+            )
+        }
     };
     let (registry, tunnels) = (Registry::default(), Tunnels::default());
     let events = Events::new(client.clone(), Some(args.identity()));
@@ -207,7 +252,7 @@ pub async fn run_with(
             }
         }
     });
-    let hub = hub::serve_on(hub_listener, hub_config, registry, tunnels, client, hub_state);
+    let hub = hub::serve_tls(hub_listener, hub_tls, registry, tunnels, client, hub_state);
     admin.ready.store(true, Ordering::Relaxed);
     tracing::info!(api = %api_addr, hub = %hub_addr, admin = %admin_addr, "serving");
 
@@ -223,4 +268,15 @@ pub async fn run_with(
     let _ = stop_api.send(());
     let _ = api_task.await;
     outcome
+}
+
+/// Aborts the task when dropped, on every way out of [`run_with`].
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
 }

@@ -35,6 +35,19 @@ pub struct Args {
     /// PEM private key of the hub.
     #[arg(long, env = "SHUNT_OPERATOR_HUB_TLS_KEY", requires = "hub_tls_cert")]
     pub hub_tls_key: Option<PathBuf>,
+    /// Serve the API server and the hub with tls.crt/tls.key of this kubernetes.io/tls
+    /// Secret in --namespace, read through the Kubernetes API (get, list, watch on it) and
+    /// swapped without a restart when it changes. In the default install the webhook
+    /// (--cert-mode self) manages it (shunt-tls) for the names shunt-api.<ns>.svc and
+    /// shunt-operator.<ns>.svc; with cert-manager or a supplied Secret, they must be in it.
+    /// Not ready until the Secret holds a usable pair. Instead of --api-tls-*/--hub-tls-*.
+    #[arg(
+        long,
+        env = "SHUNT_OPERATOR_TLS_SECRET",
+        value_parser = kube_name,
+        conflicts_with_all = ["api_tls_cert", "api_tls_key", "hub_tls_cert", "hub_tls_key"]
+    )]
+    pub tls_secret: Option<String>,
     /// DNS name in generated certificates (what sidecars and the APIService dial).
     #[arg(long, env = "SHUNT_OPERATOR_SERVER_NAME", default_value = "shunt-operator")]
     pub server_name: String,
@@ -60,6 +73,24 @@ pub struct Args {
     /// Log filter (tracing EnvFilter syntax), e.g. info or shunt_operator=debug.
     #[arg(long, env = "SHUNT_OPERATOR_LOG", default_value = "info")]
     pub log: String,
+}
+
+/// A Kubernetes object name (DNS-1123 subdomain).
+pub fn kube_name(text: &str) -> Result<String, String> {
+    let ok = !text.is_empty()
+        && text.len() <= 253
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && text.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && text.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not a Kubernetes name (lowercase letters, digits, '-' and '.')"
+        ))
+    }
 }
 
 /// `10s`, `1500ms`, `2m`, `1h`, or plain seconds.
@@ -133,5 +164,23 @@ mod tests {
         );
         let (cert, key) = tls_pair(None, None, "shunt-operator", "API").unwrap();
         assert!(cert.contains("BEGIN CERTIFICATE") && key.contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn the_tls_secret_is_a_name_and_excludes_the_certificate_files() {
+        let args = Args::try_parse_from(["shunt-operator", "--tls-secret", "shunt-tls"]).unwrap();
+        assert_eq!(args.tls_secret.as_deref(), Some("shunt-tls"));
+        assert_eq!(Args::try_parse_from(["shunt-operator"]).unwrap().tls_secret, None);
+        let err = Args::try_parse_from(["shunt-operator", "--tls-secret", "Shunt_TLS"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a Kubernetes name"), "{err}");
+        for flag in ["--api-tls-cert", "--hub-tls-cert"] {
+            let key = flag.replace("cert", "key");
+            let err = Args::try_parse_from(["shunt-operator", "--tls-secret", "shunt-tls", flag, "/c", &key, "/k"])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("cannot be used with"), "{flag}: {err}");
+        }
     }
 }

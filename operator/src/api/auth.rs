@@ -80,35 +80,53 @@ impl FrontProxy {
     /// certificates verified against the front-proxy CA (optional, see the module doc),
     /// ALPN h2 and http/1.1.
     pub fn server_tls(&self, cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<rustls::ServerConfig>, TrustError> {
-        let invalid = |what: &str| {
-            let what = what.to_owned();
-            move |e: &dyn std::fmt::Display| TrustError::Invalid {
-                what: what.clone(),
-                reason: e.to_string(),
-            }
-        };
+        let certs = CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid("API server certificate (--api-tls-cert)", &e))?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| invalid("API server key (--api-tls-key)", &e))?;
+        let mut config = self
+            .builder()?
+            .with_single_cert(certs, key)
+            .map_err(|e| invalid("API server certificate and key", &e))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// [`FrontProxy::server_tls`] with the server identity from `resolver`, asked on every
+    /// handshake (`--tls-secret`: the certificate changes without a restart).
+    pub fn server_tls_with(
+        &self,
+        resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+    ) -> Result<Arc<rustls::ServerConfig>, TrustError> {
+        let mut config = self.builder()?.with_cert_resolver(resolver);
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    fn builder(
+        &self,
+    ) -> Result<rustls::ConfigBuilder<rustls::ServerConfig, rustls::server::WantsServerCert>, TrustError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
-            let cert = cert.map_err(|e| invalid("front-proxy CA")(&e))?;
-            roots.add(cert).map_err(|e| invalid("front-proxy CA")(&e))?;
+            let cert = cert.map_err(|e| invalid("front-proxy CA", &e))?;
+            roots.add(cert).map_err(|e| invalid("front-proxy CA", &e))?;
         }
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .allow_unauthenticated()
             .build()
-            .map_err(|e| invalid("front-proxy CA")(&e))?;
-        let certs = CertificateDer::pem_slice_iter(cert_pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| invalid("API server certificate (--api-tls-cert)")(&e))?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| invalid("API server key (--api-tls-key)")(&e))?;
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .map_err(|e| invalid("front-proxy CA", &e))?;
+        Ok(rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| invalid("TLS versions")(&e))?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(certs, key)
-            .map_err(|e| invalid("API server certificate and key")(&e))?;
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(Arc::new(config))
+            .map_err(|e| invalid("TLS versions", &e))?
+            .with_client_cert_verifier(verifier))
+    }
+}
+
+fn invalid(what: &str, error: &dyn std::fmt::Display) -> TrustError {
+    TrustError::Invalid {
+        what: what.to_owned(),
+        reason: error.to_string(),
     }
 }
 

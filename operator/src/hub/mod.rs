@@ -41,6 +41,7 @@ use crate::registry::Registry;
 use crate::tunnel::Tunnels;
 pub use auth::PodIdentity;
 pub use metrics::HubMetrics;
+pub use tls::with_resolver as tls_config;
 
 /// How long a sidecar may take for its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -174,7 +175,26 @@ pub async fn serve_on(
     kube: kube::Client,
     state: HubState,
 ) -> anyhow::Result<()> {
-    let acceptor = tls::acceptor(&config)?;
+    let tls = tls::fixed(&config)?;
+    serve_tls(listener, tls, registry, tunnels, kube, state).await
+}
+
+/// The hub's TLS configuration for the fixed pair of `config` (`--hub-tls-cert`).
+pub fn fixed_tls_config(config: &HubConfig) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    tls::fixed(config)
+}
+
+/// [`serve_on`] with the TLS configuration given, e.g. [`tls_config`] of a certificate
+/// that changes without a restart (`--tls-secret`).
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    registry: Registry,
+    tunnels: Tunnels,
+    kube: kube::Client,
+    state: HubState,
+) -> anyhow::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let ctx = Arc::new(Ctx {
         registry,
         tunnels,
