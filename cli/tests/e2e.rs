@@ -55,7 +55,38 @@ fn pods_only(seen: &BTreeMap<String, usize>) -> bool {
 /// through the Service: alice's reach alice, bob's reach bob, the others the pods, all 3.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_developers_share_every_replica_and_the_rest_reaches_the_pods() {
-    let stack = stack(3).await;
+    two_developers(stack(3).await).await;
+}
+
+/// Test 1 in netns mode (root): every pod in its own network namespace, the Service
+/// sending to the app's own port, the sidecars redirecting it with nftables, as on a real
+/// cluster (the chart rendered with charts/shunt/ci/kubesim-netns-values.yaml).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_developers_share_every_replica_in_network_namespaces_with_nftables() {
+    if !shunt_netns::root_available("two_developers_share_every_replica_in_network_namespaces_with_nftables") {
+        return;
+    }
+    let stack = Stack::start(StackOptions {
+        session_grace: GRACE,
+        network: kubesim::Network::Netns,
+        ..StackOptions::new(shunt(), 3)
+    })
+    .await
+    .unwrap();
+    // The webhook injected the nftables mode, and the Service targets the app's own port.
+    let pod = &stack.pods().await.unwrap()[0];
+    let sidecar = &pod["spec"]["initContainers"][0];
+    let redirect = sidecar["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "SHUNT_REDIRECT")
+        .map(|e| e["value"].clone());
+    assert_eq!(redirect, Some(serde_json::json!("nftables")), "{sidecar}");
+    two_developers(stack).await;
+}
+
+async fn two_developers(stack: Stack) {
     let alice = intercept(&stack, "alice").await;
     let bob = intercept(&stack, "bob").await;
     stack.wait_routes(2).await.unwrap();

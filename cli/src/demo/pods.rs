@@ -1,8 +1,9 @@
 //! The processes kubesim runs for the demo's images, carried by the `shunt` binary itself
 //! so that `cargo run --bin shunt -- demo` needs nothing else built: `shunt __sidecar`
 //! (image `shunt/sidecar`, the real sidecar configured by its `SHUNT_*` variables) and
-//! `shunt __echo` (image `kubesim/echo`, the echo server on `$POD_IP:$PORT` named
-//! `$POD_NAME`). Both exit when their parent (kubesim in `shunt demo`) is gone.
+//! `shunt __echo` (image `kubesim/echo`, the echo server on port `$PORT` named
+//! `$POD_NAME`: on `$POD_IP` in loopback mode, on every address in a pod's own network
+//! namespace). Both exit when their parent (kubesim in `shunt demo`) is gone.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -61,11 +62,15 @@ pub fn sidecar() -> ExitCode {
 /// `shunt __echo`: the echo app of a pod.
 pub fn echo() -> ExitCode {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let addr = format!(
-        "{}:{}",
-        env("POD_IP").unwrap_or_else(|| "127.0.0.1".into()),
-        env("PORT").unwrap_or_else(|| "8080".into())
-    );
+    // A loopback pod shares the host's network and keeps to its own 127.x address; a pod
+    // with a network namespace of its own listens on every address, as apps do (the
+    // sidecar hands it requests on 127.0.0.1).
+    let host = match env("POD_IP") {
+        Some(ip) if ip.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()) => ip,
+        Some(_) => "0.0.0.0".into(),
+        None => "127.0.0.1".into(),
+    };
+    let addr = format!("{host}:{}", env("PORT").unwrap_or_else(|| "8080".into()));
     let name = env("POD_NAME").unwrap_or_else(|| "echo".into());
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
