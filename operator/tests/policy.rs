@@ -425,13 +425,44 @@ async fn policies_from_git_are_enforced_explained_and_reported() {
         Some((team, "allowedHeaders")),
     )
     .await;
-    open(
+    let web = open(
         &bob,
         "team-a",
         session("deployment/web", "steal", Some("x-team: a"), 80),
         None,
     )
     .await;
+
+    // maxSessionDuration ends a session that lived too long; `block: steal` refuses even a
+    // filtered steal.
+    let (ok, out) = kubectl(kc, &["apply", "-f", &example("short-sessions")]).await;
+    assert!(ok, "{out}");
+    poll("bob's session to end after maxSessionDuration", async || {
+        env.registry.get("team-a", &web).is_none().then_some(())
+    })
+    .await;
+    let (status, gone) = request(&bob, "GET", &format!("{}/{web}", sessions("team-a")), None).await;
+    let message = gone["message"].as_str().unwrap_or_default();
+    assert!(
+        status == 404
+            && message.contains("ShuntPolicy team-a/short-sessions")
+            && message.contains("maxSessionDuration"),
+        "{gone}"
+    );
+    let (ok, out) = kubectl(kc, &["apply", "-f", &example("no-steal")]).await;
+    assert!(ok, "{out}");
+    poll("the no-steal policy to apply", async || {
+        let body = session("deployment/web", "steal", Some("x-team: a"), 80);
+        let (status, answer) = request(&bob, "POST", &sessions("team-a"), Some(body)).await;
+        let message = answer["message"].as_str().unwrap_or_default().to_owned();
+        (status == 403 && message.contains("ShuntPolicy team-a/no-steal") && message.contains("(rule block: steal)"))
+            .then_some(())
+    })
+    .await;
+    for name in ["short-sessions", "no-steal"] {
+        let (ok, out) = kubectl(kc, &["delete", "-f", &example(name)]).await;
+        assert!(ok, "{out}");
+    }
 
     // policyreviews explain the same decision.
     let review = json!({"apiVersion": "api.shunt.dev/v1", "kind": "PolicyReview", "spec": {
