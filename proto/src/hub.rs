@@ -20,6 +20,21 @@
 //!    503 with [`HEADER_UNAVAILABLE`] *before reading the body*, and the sidecar serves
 //!    the request from the app if it still has the body (fail-open).
 //!
+//! 3. Outbound (`shunt exec`): while a line of the routes stream says `"outbound": true`,
+//!    the sidecar keeps a **second** TLS connection to the hub up (ALPN `http/1.1`): it
+//!    sends `GET` [`REVERSE_PATH`] with `Connection: Upgrade`, `Upgrade:`
+//!    [`REVERSE_UPGRADE`] and the same token and [`HEADER_POD`] as the routes watch; the
+//!    operator authenticates it exactly like the watch and answers 101. From then on the
+//!    sidecar is the HTTP/2 **server** on that connection and the operator the client:
+//!    - `CONNECT host:port` → 200 and a byte stream the sidecar dialled in the pod's
+//!      network; 502 with a JSON `{"message"}` saying why the pod could not connect;
+//!      503 when the sidecar is at its limit of open connections;
+//!    - `GET` [`DNS_PATH`]`?name=<percent-encoded name>` → 200
+//!      `{"addresses": ["10.96.0.12"]}` from the pod's resolver, 404 `{"message"}` when
+//!      the name does not resolve.
+//!
+//!    When the flag goes back to `false` the sidecar closes the reverse connection.
+//!
 //! The HTTP/2 connection's own keep-alive PINGs detect a dead peer; the sidecar redials
 //! with back-off and keeps its routes only until their lease runs out (a sidecar cut off
 //! from the operator drifts back to dormant by itself).
@@ -37,3 +52,9 @@ pub const PROTOCOL_VERSION: &str = "1";
 pub const HEADER_PROTOCOL: &str = "shunt-protocol";
 /// Default port of the operator's hub endpoint.
 pub const DEFAULT_HUB_PORT: u16 = 15443;
+/// Path of the reverse connection's upgrade request (see the module docs, step 3).
+pub const REVERSE_PATH: &str = "/hub/v1/reverse";
+/// The `Upgrade` protocol token of the reverse connection.
+pub const REVERSE_UPGRADE: &str = "shunt-reverse";
+/// Path of DNS questions on the reverse connection and on the CLI's outbound tunnel.
+pub const DNS_PATH: &str = "/dns";

@@ -170,16 +170,22 @@ pub enum RouteError {
     },
 }
 
-/// A validated set of routes (see the module docs for the invariants).
+/// A validated set of routes (see the module docs for the invariants), plus the
+/// `outbound` flag of the operator's route stream: `true` while a session on the pod's
+/// target has an outbound tunnel open (`shunt exec`), so the sidecar keeps its reverse
+/// connection to the operator up ([`crate::hub::REVERSE_PATH`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RouteSet {
     routes: Vec<Route>,
+    outbound: bool,
 }
 
 #[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RoutesDocument {
     routes: Vec<Route>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    outbound: bool,
 }
 
 impl RouteSet {
@@ -202,22 +208,47 @@ impl RouteSet {
                 on_port.push(route);
             }
         }
-        Ok(RouteSet { routes })
+        Ok(RouteSet {
+            routes,
+            outbound: false,
+        })
     }
 
-    /// Parses and validates a routes document: `{"routes": [...]}`.
+    /// Parses and validates a routes document: `{"routes": [...], "outbound": true}`
+    /// (`outbound` is optional, `false` when absent).
     pub fn from_json(bytes: &[u8]) -> Result<RouteSet, RouteError> {
         let doc: RoutesDocument = serde_json::from_slice(bytes).map_err(RouteError::Json)?;
-        RouteSet::new(doc.routes)
+        Ok(RouteSet::new(doc.routes)?.with_outbound(doc.outbound))
     }
 
     /// Serializes to the routes document form accepted by [`RouteSet::from_json`].
     pub fn to_json(&self) -> String {
-        let doc = RoutesDocument {
-            routes: self.routes.clone(),
-        };
         // Serializing plain structs with string keys cannot fail.
-        serde_json::to_string_pretty(&doc).unwrap_or_default()
+        serde_json::to_string_pretty(&self.document()).unwrap_or_default()
+    }
+
+    /// The document on one line, as the operator streams it (ndjson, without the newline).
+    pub fn to_json_line(&self) -> String {
+        // Serializing plain structs with string keys cannot fail.
+        serde_json::to_string(&self.document()).unwrap_or_default()
+    }
+
+    fn document(&self) -> RoutesDocument {
+        RoutesDocument {
+            routes: self.routes.clone(),
+            outbound: self.outbound,
+        }
+    }
+
+    /// The same routes with the `outbound` flag set to `outbound`.
+    pub fn with_outbound(mut self, outbound: bool) -> RouteSet {
+        self.outbound = outbound;
+        self
+    }
+
+    /// Whether the sidecar must keep its reverse connection for outbound traffic up.
+    pub fn outbound(&self) -> bool {
+        self.outbound
     }
 
     /// All routes, in the order given.
@@ -233,7 +264,8 @@ impl RouteSet {
         ports
     }
 
-    /// True when there is nothing to route: the sidecar is dormant.
+    /// True when there is nothing to route: the sidecar is dormant (it may still serve
+    /// outbound connections, see [`RouteSet::outbound`]).
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
     }
@@ -324,5 +356,21 @@ mod tests {
         assert!(bad_filter.to_string().contains("regex"), "{bad_filter}");
         assert!(RouteSet::from_json(b"{").is_err());
         assert!(RouteSet::from_json(b"{\"routes\": []}").unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_outbound_flag_round_trips_and_is_absent_when_false() {
+        let plain = doc(ALICE).unwrap();
+        assert!(!plain.outbound());
+        assert!(!plain.to_json_line().contains("outbound"));
+        let flagged = plain.clone().with_outbound(true);
+        assert_ne!(flagged, plain, "a flag change is a change the operator must stream");
+        let line = flagged.to_json_line();
+        assert!(line.ends_with(",\"outbound\":true}") && !line.contains('\n'), "{line}");
+        assert_eq!(RouteSet::from_json(line.as_bytes()).unwrap(), flagged);
+        assert_eq!(RouteSet::from_json(flagged.to_json().as_bytes()).unwrap(), flagged);
+        let dormant = RouteSet::from_json(br#"{"routes": [], "outbound": true}"#).unwrap();
+        assert!(dormant.is_empty() && dormant.outbound());
+        assert!(RouteSet::from_json(br#"{"routes": [], "outbound": "yes"}"#).is_err());
     }
 }

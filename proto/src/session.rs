@@ -161,6 +161,14 @@ pub struct SessionStatus {
     /// A human-readable note (e.g. pods that are not injected, and how to fix it).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// Globs of environment variable names that must not leave the cluster: the
+    /// `env.exclude` of every policy that governs the target, fixed at creation (the CLI of
+    /// `shunt exec` leaves these out of the program's environment).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_exclude: Vec<String>,
+    /// A policy governing the target blocks `env`: the CLI sends no variable at all.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub env_blocked: bool,
 }
 
 #[cfg(test)]

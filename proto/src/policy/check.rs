@@ -2,7 +2,6 @@
 //! strings, label-selector operators. [`check`] compiles a policy's rules for
 //! enforcement or says, with a kstatus reason and message, why it is invalid.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use super::glob::Glob;
@@ -66,21 +65,6 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     (any && digits.is_empty() && total > 0).then(|| Duration::from_secs(total))
 }
 
-fn valid_address(text: &str) -> bool {
-    if let Some((ip, prefix)) = text.split_once('/') {
-        let Ok(ip) = ip.parse::<IpAddr>() else { return false };
-        let max = if ip.is_ipv4() { 32 } else { 128 };
-        return prefix.parse::<u8>().is_ok_and(|p| p <= max);
-    }
-    if text.parse::<IpAddr>().is_ok() {
-        return true;
-    }
-    match text.rsplit_once(':') {
-        Some((host, port)) => !host.is_empty() && (port == "*" || port.parse::<u16>().is_ok_and(|p| p > 0)),
-        None => false,
-    }
-}
-
 fn kind_of(word: &str) -> Option<TargetKind> {
     format!("{word}/x")
         .parse::<crate::session::TargetRef>()
@@ -140,11 +124,8 @@ pub fn check(rules: &PolicyRules) -> Result<Compiled, Invalid> {
         .map(|g| Glob::new(g).map_err(|e| invalid("InvalidGlob", format!("env.exclude {g:?}: {e}"))))
         .collect::<Result<Vec<_>, _>>()?;
     for address in rules.outgoing.iter().flat_map(|o| o.allow.iter().chain(&o.block)) {
-        if !valid_address(address) {
-            return Err(invalid(
-                "InvalidAddress",
-                format!("outgoing {address:?} is neither a CIDR (10.0.0.0/8) nor host:port (db.shop:5432, *:443)"),
-            ));
+        if let Err(e) = super::outgoing::Rule::parse(address) {
+            return Err(invalid("InvalidAddress", e.to_string()));
         }
     }
     if let Some(port) = rules.ports.iter().flatten().find(|p| !(1..=65535).contains(*p)) {

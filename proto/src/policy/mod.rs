@@ -6,10 +6,12 @@
 //! The CRD YAML in `charts/shunt/crds/` is generated from these types ([`crd_files`]);
 //! what the API server can check statically is a CEL rule in the schema, the rest
 //! ([`check`]: globs, durations, CIDRs) is checked by the operator, which reports a bad
-//! policy as `Ready=False` and ignores it.
+//! policy as `Ready=False` and ignores it. [`outgoing`] decides a destination of the
+//! outbound tunnel of `shunt exec` against `outgoing` and `block: [outgoing]`.
 
 pub mod check;
 pub mod glob;
+pub mod outgoing;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
