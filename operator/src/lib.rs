@@ -9,6 +9,7 @@
 //! - [`policy`]: the `policy.shunt.dev` policies: status, enforcement, `policyreviews`;
 //! - [`registry`]: sessions, conflict checks, the routes each pod must have;
 //! - [`hub`]: the TLS endpoint sidecars dial for their routes and to relay requests;
+//! - [`outbound`]: `shunt exec`'s outbound tunnel, relayed over sidecars' reverse connections;
 //! - [`tls_secret`]: the serving certificate of both from a watched Secret (`--tls-secret`);
 //! - [`tunnel`]: per session, the CLI's HTTP/2 connection that serves stolen requests.
 
@@ -19,6 +20,7 @@ pub mod config;
 pub mod hub;
 pub mod leader;
 pub mod lifecycle;
+pub mod outbound;
 pub mod policy;
 pub mod registry;
 pub mod targets;

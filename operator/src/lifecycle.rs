@@ -102,6 +102,9 @@ pub fn status_for(session: &Session, pods: &[Pod], tunnels: &Tunnels, hub: &HubS
         user: session.user.clone(),
         pods: states,
         message,
+        // Fixed at creation (the policies' env rules), kept as they were.
+        env_exclude: session.status.env_exclude.clone(),
+        env_blocked: session.status.env_blocked,
     }
 }
 

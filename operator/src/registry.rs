@@ -84,6 +84,9 @@ struct Inner {
     /// Sessions ended on purpose (deleted, grace period over), with why: a CLI that finds
     /// its session gone can tell that from an operator restart, which forgets everything.
     ended: BTreeMap<(String, String), (std::time::Instant, String)>,
+    /// Outbound tunnels open per session (`shunt exec`): while a session has one, the
+    /// pods it selects are told to keep their reverse connection up.
+    outbound: BTreeMap<(String, String), usize>,
 }
 
 /// The registry. Cheap to clone (shared state).
@@ -217,16 +220,35 @@ impl Registry {
         }
     }
 
+    /// Counts an outbound tunnel of `namespace/name` as open (`open`) or closed; the
+    /// routes of the session's pods carry `outbound: true` while any is open.
+    pub fn set_outbound(&self, namespace: &str, name: &str, open: bool) {
+        let mut inner = self.lock();
+        let key = (namespace.to_owned(), name.to_owned());
+        let before = inner.outbound.get(&key).copied().unwrap_or(0);
+        let after = if open { before + 1 } else { before.saturating_sub(1) };
+        if after == 0 {
+            inner.outbound.remove(&key);
+        } else {
+            inner.outbound.insert(key, after);
+        }
+        if (before == 0) != (after == 0) {
+            self.bump(&mut inner);
+        }
+    }
+
     /// The generation counter: it moves on every change.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
 
     /// The routes a pod in `namespace` with `labels` must have: one `hub` route per
-    /// session port whose target selects the pod.
+    /// session port whose target selects the pod, and `outbound` if one of those sessions
+    /// has an outbound tunnel open.
     pub fn routes_for_pod(&self, namespace: &str, labels: &BTreeMap<String, String>) -> RouteSet {
         let inner = self.lock();
         let mut routes = Vec::new();
+        let mut outbound = false;
         for s in inner.sessions.values() {
             let selected = s.namespace == namespace
                 && !s.selector.is_empty()
@@ -234,6 +256,7 @@ impl Registry {
             if !selected {
                 continue;
             }
+            outbound |= inner.outbound.contains_key(&(s.namespace.clone(), s.name.clone()));
             for p in &s.spec.ports {
                 let id = if s.spec.ports.len() == 1 {
                     s.name.clone()
@@ -251,7 +274,7 @@ impl Registry {
         }
         // The registry admitted only non-conflicting sessions, so validation cannot fail;
         // if it ever did, an empty set (dormant sidecar, traffic to the app) is the safe answer.
-        RouteSet::new(routes).unwrap_or_default()
+        RouteSet::new(routes).unwrap_or_default().with_outbound(outbound)
     }
 }
 
@@ -317,5 +340,28 @@ mod tests {
         assert!(r.routes_for_pod("other", &api).is_empty());
         r.delete("shop", "alice").unwrap();
         assert!(r.routes_for_pod("shop", &api).is_empty());
+    }
+
+    #[test]
+    fn outbound_tunnels_flag_the_selected_pods_until_the_last_closes() {
+        let r = Registry::default();
+        r.create(session("alice", "alice", Mode::Steal, Some("x-shunt-user: alice")))
+            .unwrap();
+        let api = BTreeMap::from([("app".to_owned(), "api".to_owned())]);
+        let web = BTreeMap::from([("app".to_owned(), "web".to_owned())]);
+        assert!(!r.routes_for_pod("shop", &api).outbound());
+        let mut changes = r.changes();
+        changes.mark_unchanged();
+        r.set_outbound("shop", "alice", true);
+        assert!(changes.has_changed().unwrap());
+        r.set_outbound("shop", "alice", true);
+        assert!(r.routes_for_pod("shop", &api).outbound());
+        assert!(!r.routes_for_pod("shop", &web).outbound());
+        r.set_outbound("shop", "alice", false);
+        assert!(r.routes_for_pod("shop", &api).outbound(), "one tunnel is still open");
+        r.set_outbound("shop", "alice", false);
+        assert!(!r.routes_for_pod("shop", &api).outbound());
+        r.set_outbound("shop", "alice", false);
+        assert!(!r.routes_for_pod("shop", &api).outbound());
     }
 }

@@ -58,3 +58,61 @@ pub const REVERSE_PATH: &str = "/hub/v1/reverse";
 pub const REVERSE_UPGRADE: &str = "shunt-reverse";
 /// Path of DNS questions on the reverse connection and on the CLI's outbound tunnel.
 pub const DNS_PATH: &str = "/dns";
+
+/// Percent-encodes `value` for a query string (everything but unreserved characters).
+pub fn encode_query_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The decoded value of query parameter `key` (`+` is a space), if present and valid UTF-8.
+pub fn query_value(query: &str, key: &str) -> Option<String> {
+    let raw = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')))?;
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_round_trip() {
+        for name in ["reviews", "reviews.shop.svc.cluster.local", "a b&c=d%", "ünï"] {
+            let query = format!("x=1&name={}", encode_query_value(name));
+            assert_eq!(query_value(&query, "name").as_deref(), Some(name), "{query}");
+        }
+        assert_eq!(query_value("name=a+b", "name").as_deref(), Some("a b"));
+        assert_eq!(query_value("names=a", "name"), None);
+        assert_eq!(query_value("name=%zz", "name"), None);
+        assert_eq!(query_value("name=%4", "name"), None);
+    }
+}

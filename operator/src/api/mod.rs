@@ -157,6 +157,7 @@ async fn open_tunnel(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path((namespace, name)): Path<(String, String)>,
+    policies: Option<axum::Extension<crate::policy::Policies>>,
     req: Request,
 ) -> Response {
     // A CLI reconnecting to a session a policy ended learns why.
@@ -165,9 +166,23 @@ async fn open_tunnel(
             return axum::response::IntoResponse::into_response(ApiError::not_found(format!("session {name:?} {why}")));
         }
     }
-    tunnel::handle(req, &caller.user, &namespace, &name, &state.registry, &state.tunnels)
-        .await
-        .map(axum::body::Body::new)
+    let outbound = crate::outbound::relay::OutboundCtx {
+        registry: state.registry.clone(),
+        hub: state.hub.clone(),
+        policies: policies.map(|axum::Extension(p)| p),
+        client: state.client.clone(),
+    };
+    tunnel::handle_with_outbound(
+        req,
+        &caller.user,
+        &namespace,
+        &name,
+        &state.registry,
+        &state.tunnels,
+        Some(outbound),
+    )
+    .await
+    .map(axum::body::Body::new)
 }
 
 fn target_error(e: TargetError) -> ApiError {

@@ -195,8 +195,21 @@ pub async fn create(
         )));
     }
     authorize(&state, &caller, &namespace, &spec).await?;
+    let mut env = crate::policy::exposure::EnvExposure::default();
     if let Some(axum::Extension(policies)) = &policies {
         crate::policy::review::admit_session(&state, policies, &caller.user, &namespace, &spec).await?;
+        // Fixed at creation, like the admission decision: what `shunt exec` may copy of
+        // the target's environment (the CLI reads it from the status).
+        match policies.target(&state.client, &namespace, &spec.target).await {
+            Ok(target) => env = crate::policy::exposure::env(&policies.valid(), &target),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the target for the env policies");
+                return Err(ApiError::internal(format!(
+                    "cannot read {} to check the env policies: see the operator's log",
+                    spec.target
+                )));
+            }
+        }
     }
     let selector = targets::resolve(&state.client, &namespace, &spec.target)
         .await
@@ -220,6 +233,8 @@ pub async fn create(
         status: SessionStatus {
             phase: "Pending".into(),
             user: caller.user.clone(),
+            env_exclude: env.exclude,
+            env_blocked: env.blocked_by.is_some(),
             ..SessionStatus::default()
         },
     };

@@ -4,8 +4,8 @@
 //! With `dir=inbound` the CLI is the HTTP/2 **server** (it receives the session's stolen
 //! and mirrored requests), so the operator is the client: it runs
 //! `hyper::client::conn::http2::handshake` over the stream and registers the
-//! `SendRequest` in [`Tunnels`] until the connection ends. `dir=outbound` (for
-//! `shunt exec`) is refused with 400 for now.
+//! `SendRequest` in [`Tunnels`] until the connection ends. With `dir=outbound` (for
+//! `shunt exec`) the CLI is the HTTP/2 client: [`crate::outbound::relay`] serves it.
 //!
 //! Router contract (the API server calls this once kube-apiserver has checked RBAC for
 //! `sessions/tunnel` and the caller's identity is known from `X-Remote-User`):
@@ -39,6 +39,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, Message};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::outbound::relay::OutboundCtx;
 use crate::registry::Registry;
 pub use crate::tunnel::Body;
 use crate::tunnel::Tunnels;
@@ -50,14 +51,29 @@ pub const SUBPROTOCOLS: [&str; 3] = ["v5.channel.k8s.io", "v4.channel.k8s.io", "
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Answers a tunnel request of session `namespace/name` made by `user`.
+/// Answers a tunnel request of session `namespace/name` made by `user` (inbound only;
+/// [`handle_with_outbound`] serves both directions).
 pub async fn handle<B>(
+    req: Request<B>,
+    user: &str,
+    namespace: &str,
+    name: &str,
+    registry: &Registry,
+    tunnels: &Tunnels,
+) -> Response<Body> {
+    handle_with_outbound(req, user, namespace, name, registry, tunnels, None).await
+}
+
+/// Answers a tunnel request: `dir=inbound` as [`handle`], `dir=outbound` served by
+/// [`crate::outbound::relay::serve`] with `outbound` (refused with 400 without it).
+pub async fn handle_with_outbound<B>(
     mut req: Request<B>,
     user: &str,
     namespace: &str,
     name: &str,
     registry: &Registry,
     tunnels: &Tunnels,
+    outbound: Option<OutboundCtx>,
 ) -> Response<Body> {
     let dir = req
         .uri()
@@ -66,20 +82,18 @@ pub async fn handle<B>(
         .split('&')
         .find_map(|kv| kv.strip_prefix("dir="))
         .unwrap_or("");
-    match dir {
-        "inbound" => {}
-        "outbound" => {
-            return status(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                "dir=outbound is not supported yet",
-            )
+    let outbound = match (dir, outbound) {
+        ("inbound", _) => None,
+        ("outbound", Some(ctx)) => Some(ctx),
+        ("outbound", None) => {
+            let msg = "this operator does not serve dir=outbound tunnels";
+            return status(StatusCode::BAD_REQUEST, "BadRequest", msg);
         }
-        other => {
-            let msg = format!("unknown tunnel direction {other:?}: use dir=inbound");
+        (other, _) => {
+            let msg = format!("unknown tunnel direction {other:?}: use dir=inbound or dir=outbound");
             return status(StatusCode::BAD_REQUEST, "BadRequest", &msg);
         }
-    }
+    };
     let Some(session) = registry.get(namespace, name) else {
         let msg = format!("sessions.api.shunt.dev {name:?} not found");
         return status(StatusCode::NOT_FOUND, "NotFound", &msg);
@@ -119,7 +133,10 @@ pub async fn handle<B>(
             }
         };
         let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-        serve_inbound(WsIo::new(ws), &tunnels, &ns, &session_name).await;
+        match outbound {
+            Some(ctx) => crate::outbound::relay::serve(WsIo::new(ws), ctx, &ns, &session_name).await,
+            None => serve_inbound(WsIo::new(ws), &tunnels, &ns, &session_name).await,
+        }
     });
     let mut resp = Response::new(empty());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

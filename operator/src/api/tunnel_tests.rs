@@ -149,7 +149,7 @@ async fn requests_reach_the_cli_serving_http2_over_the_websocket() {
 }
 
 #[tokio::test]
-async fn only_the_sessions_user_may_open_it_and_outbound_waits_for_exec() {
+async fn only_the_sessions_user_may_open_it_and_outbound_needs_its_context() {
     let (registry, tunnels) = (Registry::default(), Tunnels::default());
     registry.create(session("bobs", "bob")).unwrap();
     registry.create(session("alices", "alice")).unwrap();
@@ -176,6 +176,6 @@ async fn only_the_sessions_user_may_open_it_and_outbound_waits_for_exec() {
     let resp = handle(req, "alice", "shop", "alices", &registry, &tunnels).await;
     let body: serde_json::Value =
         serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
-    assert_eq!(body["message"], "dir=outbound is not supported yet");
+    assert_eq!(body["message"], "this operator does not serve dir=outbound tunnels");
     assert_eq!(body["kind"], "Status");
 }

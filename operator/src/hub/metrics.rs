@@ -1,5 +1,5 @@
 //! Metrics of the hub (prometheus-client): connected sidecars, relayed requests by
-//! outcome, refused sidecars by reason.
+//! outcome, refused sidecars by reason, outbound connections and DNS questions by outcome.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -31,6 +31,15 @@ pub struct HubMetrics {
     pub relayed: Family<OutcomeLabels, Counter>,
     /// Refused sidecar connections by reason.
     pub refused: Family<ReasonLabels, Counter>,
+    /// Outbound connections (`CONNECT` on `shunt exec`'s tunnel) by outcome: `connected`,
+    /// `denied` (a policy), `dial_failed` (the pod could not connect), `unavailable` (no
+    /// pod with a reverse connection), `limit` (too many open), `failed` (the relay broke).
+    pub outbound_connects: Family<OutcomeLabels, Counter>,
+    /// DNS questions on outbound tunnels by outcome: `resolved`, `not_found`, `denied`,
+    /// `unavailable`, `failed`.
+    pub outbound_dns: Family<OutcomeLabels, Counter>,
+    /// Sidecars whose reverse connection (for outbound traffic) is up.
+    pub reverse_connected: Gauge,
 }
 
 impl HubMetrics {
@@ -52,6 +61,21 @@ impl HubMetrics {
             "Sidecar requests refused by authentication, by reason",
             self.refused.clone(),
         );
+        hub.register(
+            "outbound_connects",
+            "Outbound connections of shunt exec through a pod, by outcome",
+            self.outbound_connects.clone(),
+        );
+        hub.register(
+            "outbound_dns",
+            "DNS questions of shunt exec answered by a pod's resolver, by outcome",
+            self.outbound_dns.clone(),
+        );
+        hub.register(
+            "reverse_connected_sidecars",
+            "Sidecars whose reverse connection for outbound traffic is up",
+            self.reverse_connected.clone(),
+        );
     }
 
     /// The metrics alone in the Prometheus text format (for a `/metrics` of their own).
@@ -66,6 +90,14 @@ impl HubMetrics {
 
     pub(crate) fn outcome(&self, outcome: &'static str) {
         self.relayed.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    pub(crate) fn outbound(&self, outcome: &'static str) {
+        self.outbound_connects.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    pub(crate) fn dns(&self, outcome: &'static str) {
+        self.outbound_dns.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
     pub(crate) fn refused(&self, reason: &'static str) {

@@ -8,6 +8,9 @@
 //!   [`relay`] checks that the session targets this pod and hands it to the session's
 //!   CLI through [`Tunnels`].
 //!
+//! A second, HTTP/1.1 connection of a sidecar ([`reverse`]) is upgraded for outbound
+//! traffic of `shunt exec`: the operator is the HTTP/2 client on it ([`crate::outbound`]).
+//!
 //! A relayed request is accepted only on a connection whose routes watch was
 //! authenticated: the stolen request keeps the client's own `Authorization` header for
 //! the developer's app, so the sidecar's token cannot travel on it.
@@ -23,6 +26,7 @@ pub mod auth;
 mod error;
 pub mod metrics;
 pub mod relay;
+mod reverse;
 pub mod routes;
 mod tls;
 
@@ -107,6 +111,8 @@ pub struct HubState {
     pub connected: Arc<RwLock<BTreeMap<(String, String), ConnInfo>>>,
     metrics: HubMetrics,
     next_conn: Arc<std::sync::atomic::AtomicU64>,
+    /// Sidecars' reverse connections for outbound traffic (`shunt exec`).
+    pub reverse: crate::outbound::Reverse,
 }
 
 impl HubState {
@@ -226,7 +232,13 @@ pub async fn serve_tls(
                     Ok(Err(error)) => return tracing::debug!(%error, "TLS handshake failed"),
                     Err(_) => return tracing::debug!("TLS handshake timed out"),
                 };
-                serve_conn(ctx, TokioIo::new(tls), peer).await;
+                // Sidecars speak HTTP/2; only their reverse connection negotiates
+                // HTTP/1.1, for its upgrade (see `reverse`).
+                if tls.get_ref().1.alpn_protocol() == Some(b"http/1.1".as_slice()) {
+                    reverse::serve_http1(ctx, TokioIo::new(tls)).await;
+                } else {
+                    serve_conn(ctx, TokioIo::new(tls), peer).await;
+                }
             },
             span,
         ));

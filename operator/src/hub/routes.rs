@@ -168,8 +168,7 @@ async fn stream_routes(ctx: Arc<Ctx>, conn: Arc<Conn>, identity: PodIdentity, tx
 
 /// One line of the stream: the routes document, compact (`RouteSet::to_json` is pretty).
 fn ndjson(set: &RouteSet) -> Bytes {
-    let doc = serde_json::json!({ "routes": set.routes() });
-    Bytes::from(format!("{doc}\n"))
+    Bytes::from(format!("{}\n", set.to_json_line()))
 }
 
 /// The current labels of the connection's pod, if the connection is authenticated.

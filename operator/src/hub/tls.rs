@@ -1,4 +1,5 @@
-//! The hub's TLS server configuration: the operator's certificate, HTTP/2 only (ALPN `h2`),
+//! The hub's TLS server configuration: the operator's certificate, ALPN `h2` (and
+//! `http/1.1` for the reverse connection's upgrade),
 //! either a fixed pair (`--hub-tls-cert`) or a resolver asked on every handshake
 //! (`--tls-secret`, whose certificate changes without a restart).
 
@@ -39,7 +40,7 @@ fn builder() -> anyhow::Result<rustls::ConfigBuilder<rustls::ServerConfig, rustl
 }
 
 fn h2_only(mut tls: rustls::ServerConfig) -> Arc<rustls::ServerConfig> {
-    // Sidecars speak HTTP/2 only.
-    tls.alpn_protocols = vec![b"h2".to_vec()];
+    // Sidecars speak HTTP/2; `http/1.1` only for the upgrade of their reverse connection.
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Arc::new(tls)
 }

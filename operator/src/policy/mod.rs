@@ -4,9 +4,11 @@
 //! the policies (once a second by default) and ends those a policy now forbids.
 //!
 //! [`evaluate`] is the pure decision (and documents how policies merge); [`review`] serves
-//! `policyreviews`, which answer "would this session be allowed, and why".
+//! `policyreviews`, which answer "would this session be allowed, and why"; [`exposure`]
+//! decides what `shunt exec` may take out (environment, outgoing connections).
 
 pub mod evaluate;
+pub mod exposure;
 pub mod review;
 
 use std::collections::BTreeMap;
@@ -66,6 +68,21 @@ impl Policies {
             Err(p) => *p.into_inner() = policies,
         }
         self.loaded.store(true, Ordering::Release);
+    }
+
+    /// Whether the policies have been listed at least once.
+    pub fn loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    /// `target` in `namespace` as policies see it (its and its namespace's labels).
+    pub async fn target(
+        &self,
+        client: &kube::Client,
+        namespace: &str,
+        target: &TargetRef,
+    ) -> Result<Target, CheckError> {
+        TargetCache::default().get(client, namespace, target).await
     }
 
     /// Decides whether `user` may open a session with `spec` in `namespace`, counting the
