@@ -3,12 +3,15 @@
 //! Dormant until a route exists; then it takes the traffic of the routed app ports
 //! ([`redirect`]), routes each HTTP request to the app or a developer ([`proxy`]) by the
 //! routes in force ([`table`], fed by a [`source`] or the operator's [`hub`]), and fails
-//! open whenever its own path fails. [`run`] wires it together; `main.rs` only parses the configuration.
+//! open whenever its own path fails. For `shunt exec` it also dials connections and
+//! answers DNS questions in the pod's network ([`outbound`]). [`run`] wires it together;
+//! `main.rs` only parses the configuration.
 
 pub mod admin;
 pub mod config;
 pub mod hub;
 pub mod metrics;
+pub mod outbound;
 pub mod proxy;
 pub mod redirect;
 pub mod source;
@@ -84,6 +87,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Without a source the sidecar stays dormant; the sender is kept so the channel stays open.
     let _dormant = match (config.routes_file.clone(), config.hub.clone()) {
         (_, Some(settings)) => {
+            tokio::spawn(outbound::run(settings.clone(), link.outbound_wanted(), metrics.clone()));
             tokio::spawn(hub::run(
                 settings,
                 config.app_ports.clone(),

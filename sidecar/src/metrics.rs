@@ -49,6 +49,13 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// Labels of an outbound connection or DNS question (`shunt exec`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutboundLabels {
+    /// Connections: `connected`, `dial_failed`, `timeout`, `limit`; DNS: `resolved`, `not_found`.
+    pub outcome: &'static str,
+}
+
 /// All sidecar metrics, registered once at start.
 #[derive(Clone, Default)]
 pub struct Metrics {
@@ -68,6 +75,10 @@ pub struct Metrics {
     pub route_reloads: Family<ResultLabels, Counter>,
     /// Routes currently installed.
     pub routes: Gauge,
+    /// Outbound connections dialled for `shunt exec`, by outcome.
+    pub outbound: Family<OutboundLabels, Counter>,
+    /// DNS questions answered for `shunt exec`, by outcome.
+    pub dns_lookups: Family<OutboundLabels, Counter>,
 }
 
 impl Metrics {
@@ -106,6 +117,16 @@ impl Metrics {
             self.route_reloads.clone(),
         );
         r.register("routes", "Routes installed", self.routes.clone());
+        r.register(
+            "outbound_connections",
+            "Outbound connections dialled for shunt exec, by outcome",
+            self.outbound.clone(),
+        );
+        r.register(
+            "outbound_dns_lookups",
+            "DNS questions answered for shunt exec, by outcome",
+            self.dns_lookups.clone(),
+        );
         r
     }
 }

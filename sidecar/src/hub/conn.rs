@@ -73,7 +73,9 @@ fn file_err(what: &'static str, path: &std::path::Path, why: impl ToString) -> H
     }
 }
 
-fn tls_connector(settings: &HubSettings) -> Result<tokio_rustls::TlsConnector, HubError> {
+/// A TLS connector that trusts the operator's CA and offers `alpn` (`h2` for the routes
+/// connection, `http/1.1` for the reverse connection's upgrade).
+pub(crate) fn tls_connector(settings: &HubSettings, alpn: &[u8]) -> Result<tokio_rustls::TlsConnector, HubError> {
     let inline = std::path::Path::new("$SHUNT_OPERATOR_CA_PEM");
     let (path, pem) = match (settings.ca_file.as_deref(), &settings.ca_pem) {
         (Some(path), _) => (
@@ -99,7 +101,7 @@ fn tls_connector(settings: &HubSettings) -> Result<tokio_rustls::TlsConnector, H
         .map_err(|e| file_err("TLS setup for", path, e))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
@@ -112,7 +114,7 @@ pub(super) async fn session(
     link: &HubLink,
     up: &watch::Sender<bool>,
 ) -> Result<(), HubError> {
-    let connector = tls_connector(settings)?;
+    let connector = tls_connector(settings, b"h2")?;
     // Re-read every time: kubelet rotates the projected token.
     let token = std::fs::read_to_string(&settings.token_file)
         .map_err(|e| file_err("cannot read the token file (SHUNT_TOKEN_FILE)", &settings.token_file, e))?;
@@ -178,7 +180,7 @@ pub(super) async fn session(
         buf.extend_from_slice(&data);
         while let Some(end) = buf.iter().position(|b| *b == b'\n') {
             let line = buf.split_to(end + 1);
-            publish(&line[..end], app_ports, metrics, tx);
+            publish(&line[..end], app_ports, metrics, tx, link);
         }
         if buf.len() > MAX_LINE {
             return Err(HubError::Stream(format!("a routes document exceeds {MAX_LINE} bytes")));
@@ -196,12 +198,16 @@ impl Drop for AbortOnDrop {
 }
 
 /// Installs one routes document; an invalid one is logged and the routes in force stay.
-fn publish(line: &[u8], app_ports: &[u16], metrics: &Metrics, tx: &watch::Sender<Arc<Table>>) {
+fn publish(line: &[u8], app_ports: &[u16], metrics: &Metrics, tx: &watch::Sender<Arc<Table>>, link: &HubLink) {
     if line.iter().all(u8::is_ascii_whitespace) {
         return;
     }
     let set = match RouteSet::from_json(line) {
-        Ok(set) => set,
+        // The outbound flag drives the reverse connection, not the routing table.
+        Ok(set) => {
+            link.want_outbound(set.outbound());
+            set.with_outbound(false)
+        }
         Err(error) => {
             metrics
                 .route_reloads
@@ -234,4 +240,25 @@ fn publish(line: &[u8], app_ports: &[u16], metrics: &Metrics, tx: &watch::Sender
         .inc();
     metrics.routes.set(set.routes().len() as i64);
     tx.send_replace(Arc::new(Table::new(set, metrics)));
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_outbound_flag_reaches_the_link_not_the_table() {
+        let (metrics, link) = (Metrics::default(), HubLink::new("shop", "api-0"));
+        let (tx, rx) = watch::channel(Arc::new(Table::default()));
+        let wanted = link.outbound_wanted();
+        let line = br#"{"routes":[{"id":"alice","port":8080,"mode":"steal","filter":"x-user: alice","upstream":"hub"}],"outbound":true}"#;
+        publish(line, &[8080], &metrics, &tx, &link);
+        assert!(*wanted.borrow());
+        assert_eq!(rx.borrow().set().routes().len(), 1);
+        assert!(!rx.borrow().set().outbound());
+        publish(br#"{"routes":[]}"#, &[8080], &metrics, &tx, &link);
+        assert!(!*wanted.borrow());
+        assert!(rx.borrow().set().is_empty());
+    }
 }

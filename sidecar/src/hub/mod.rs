@@ -32,20 +32,44 @@ pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
 /// Longest retry delay.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
-/// The hub connection requests of `hub` routes travel on. Cheap to clone.
-#[derive(Clone, Default)]
+/// The hub connection requests of `hub` routes travel on, and whether the operator wants
+/// the reverse connection for outbound traffic up. Cheap to clone.
+#[derive(Clone)]
 pub struct HubLink {
     sender: Arc<Mutex<Option<http2::SendRequest<OutBody>>>>,
     pod: Option<HeaderValue>,
+    outbound: Arc<watch::Sender<bool>>,
+}
+
+impl Default for HubLink {
+    fn default() -> HubLink {
+        HubLink {
+            sender: Arc::default(),
+            pod: None,
+            outbound: Arc::new(watch::channel(false).0),
+        }
+    }
 }
 
 impl HubLink {
     /// A link (disconnected for now) for pod `namespace/name`.
     pub fn new(namespace: &str, name: &str) -> HubLink {
         HubLink {
-            sender: Arc::default(),
             pod: HeaderValue::try_from(format!("{namespace}/{name}")).ok(),
+            ..HubLink::default()
         }
+    }
+
+    /// Records the routes stream's `outbound` flag.
+    pub(crate) fn want_outbound(&self, wanted: bool) {
+        self.outbound
+            .send_if_modified(|now| std::mem::replace(now, wanted) != wanted);
+    }
+
+    /// Follows the `outbound` flag ([`crate::outbound`] keeps the reverse connection up
+    /// while it is `true`).
+    pub fn outbound_wanted(&self) -> watch::Receiver<bool> {
+        self.outbound.subscribe()
     }
 
     pub(crate) fn set(&self, sender: Option<http2::SendRequest<OutBody>>) {
@@ -157,6 +181,8 @@ pub async fn run(
     while !tx.is_closed() {
         let result = conn::session(&settings, &app_ports, &metrics, &tx, &link, &up_tx).await;
         link.set(None);
+        // Without the routes watch nobody says the reverse connection is still wanted.
+        link.want_outbound(false);
         let was_up = up_tx.send_replace(false);
         if was_up {
             backoff = BACKOFF_MIN;
