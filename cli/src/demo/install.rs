@@ -151,8 +151,30 @@ fn set_arg(deployment: &mut Value, flag: &str, value: &str) -> anyhow::Result<()
     Ok(())
 }
 
-/// Waits for the webhook's caBundle and the APIService to be Available.
+/// Waits like `helm install --wait`, and then some: every Deployment of the release has
+/// all replicas Ready, the webhook's Service has endpoints (pods created before that would
+/// be admitted without a sidecar: `failurePolicy: Ignore`), its caBundle is published and
+/// the APIService is Available.
 async fn wait_serving(admin: &kube::Client, timeout: Duration) -> anyhow::Result<()> {
+    for deployment in ["shunt-operator", "shunt-webhook"] {
+        poll(&format!("Deployment {deployment} to be Ready"), timeout, async || {
+            let path = format!("/apis/apps/v1/namespaces/{RELEASE_NS}/deployments/{deployment}");
+            let (_, d) = request(admin, "GET", &path, None).await.ok()?;
+            let want = d["spec"]["replicas"].as_u64().unwrap_or(1);
+            (d["status"]["readyReplicas"].as_u64().unwrap_or(0) >= want).then_some(())
+        })
+        .await?;
+    }
+    poll("Service shunt-webhook to have a ready endpoint", timeout, async || {
+        let path = format!("/api/v1/namespaces/{RELEASE_NS}/endpoints/shunt-webhook");
+        let (_, endpoints) = request(admin, "GET", &path, None).await.ok()?;
+        let ready = endpoints["subsets"]
+            .as_array()?
+            .iter()
+            .any(|s| s["addresses"].as_array().is_some_and(|a| !a.is_empty()));
+        ready.then_some(())
+    })
+    .await?;
     poll("the webhook to publish its caBundle", timeout, async || {
         let path = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/shunt-webhook";
         let (_, config) = request(admin, "GET", path, None).await.ok()?;

@@ -53,13 +53,13 @@ pub struct StackOptions {
 }
 
 impl StackOptions {
-    /// Loopback networking, 2 s session grace, 60 s per step.
+    /// Loopback networking, 2 s session grace, 120 s per step (a loaded 2-core CI machine).
     pub fn new(shunt_exe: PathBuf, replicas: u32) -> StackOptions {
         StackOptions {
             shunt_exe,
             replicas,
             session_grace: Duration::from_secs(2),
-            timeout: Duration::from_secs(60),
+            timeout: Duration::from_secs(120),
             network: kubesim::Network::Loopback,
         }
     }
