@@ -5,6 +5,7 @@
 //! - [`intercept`]: `intercept`/`mirror` sessions (create, tunnel, status, Ctrl-C);
 //! - [`tunnel`]: the inbound tunnel (WebSocket byte stream, HTTP/2 server);
 //! - [`forward`]: requests from the tunnel to the local app;
+//! - [`outbound`]: `shunt exec`'s outbound tunnel (CONNECT and DNS through a pod);
 //! - [`list`]: `sessions`, `sessions kill`, `targets`;
 //! - [`doctor`]: installation checks;
 //! - [`policy`]: `policy explain` (a `policyreviews` create);
@@ -20,6 +21,7 @@ pub mod doctor;
 pub mod forward;
 pub mod intercept;
 pub mod list;
+pub mod outbound;
 pub mod policy;
 pub mod tunnel;
 
