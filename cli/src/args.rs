@@ -47,6 +47,9 @@ pub enum Command {
     /// Receive copies of the matching requests of every pod (the pods still answer).
     #[command(after_help = MIRROR_EXAMPLES)]
     Mirror(SessionArgs),
+    /// Run a local program as if it were in the target's pod: its requests, network, DNS and env.
+    #[command(after_help = EXEC_EXAMPLES)]
+    Exec(crate::exec::ExecArgs),
     /// List sessions, or end one.
     #[command(after_help = SESSIONS_EXAMPLES)]
     Sessions(SessionsArgs),
@@ -84,6 +87,16 @@ const INTERCEPT_EXAMPLES: &str = "Examples:
 
 Ctrl-C ends the session. The header is a filter: `name: value` (exact), `name: ^prefix`,
 `name: ~regex`, `path: /prefix`, combined with && and ||.";
+
+const EXEC_EXAMPLES: &str = "Examples:
+  # your requests (x-shunt-user: <you>) to deploy/api go to the local server; its
+  # outgoing connections and DNS leave from a pod; it gets the container's env
+  shunt exec deploy/api -n shop -- python3 -m http.server 8080
+  shunt exec deploy/api --port 8080:3000 -- npm start
+  shunt exec deploy/api --env-exclude 'AWS_*' --local 192.168.0.0/16 -- cargo run
+
+Ctrl-C ends the program and the session; shunt exits with the program's exit code.
+Not for statically linked or Go programs (use `shunt intercept`).";
 
 const MIRROR_EXAMPLES: &str = "Examples:
   shunt mirror deployment/api --port 8080:3000 --header 'x-user: carol' -n shop

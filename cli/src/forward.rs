@@ -119,7 +119,7 @@ impl Forwarder {
 }
 
 /// A plain-text answer `shunt: <msg>`.
-fn text_response(status: StatusCode, msg: &str) -> Response<Body> {
+pub(crate) fn text_response(status: StatusCode, msg: &str) -> Response<Body> {
     let mut resp = Response::new(
         Full::new(Bytes::from(format!("shunt: {msg}\n")))
             .map_err(BoxError::from)
@@ -136,8 +136,13 @@ fn is_grpc(req: &Request<Incoming>) -> bool {
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
-async fn send(addr: &str, mut req: Request<Incoming>) -> Result<Response<Incoming>, BoxError> {
-    let tcp = TcpStream::connect(addr).await?;
+async fn send(addr: &str, req: Request<Incoming>) -> Result<Response<Incoming>, BoxError> {
+    send_on(TcpStream::connect(addr).await?, req).await
+}
+
+/// Sends `req` on a connection to the local app (`shunt exec` opens it itself, to know
+/// its port): h2c for gRPC, else HTTP/1.1.
+pub(crate) async fn send_on(tcp: TcpStream, mut req: Request<Incoming>) -> Result<Response<Incoming>, BoxError> {
     let _ = tcp.set_nodelay(true);
     let io = TokioIo::new(tcp);
     if is_grpc(&req) {
@@ -165,7 +170,7 @@ async fn send(addr: &str, mut req: Request<Incoming>) -> Result<Response<Incomin
 }
 
 /// Headers HTTP/2 forbids in answers (RFC 9113 §8.2.2).
-fn strip_connection_headers(headers: &mut http::HeaderMap) {
+pub(crate) fn strip_connection_headers(headers: &mut http::HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()

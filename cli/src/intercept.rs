@@ -117,7 +117,7 @@ pub async fn run(cluster: &Cluster, args: &SessionArgs, mode: Mode) -> anyhow::R
 }
 
 /// `<user>-<target>-<5 random>`, a valid object name.
-fn session_name(user: &str, target: &str) -> String {
+pub(crate) fn session_name(user: &str, target: &str) -> String {
     let clean = |s: &str| -> String {
         s.chars()
             .map(|c| {
@@ -137,7 +137,7 @@ fn session_name(user: &str, target: &str) -> String {
     format!("{}-{suffix}", base.trim_matches('-'))
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
@@ -148,12 +148,12 @@ async fn shutdown_signal() {
 /// What a 404 for our own session means: the operator ended it on purpose (its message
 /// says `ended`: deleted, grace period over, a policy) or it does not know the session,
 /// as after an operator restart, which forgets every session.
-fn ended_on_purpose(message: &str) -> bool {
+pub(crate) fn ended_on_purpose(message: &str) -> bool {
     message.contains("ended")
 }
 
 /// Creates the session again after an operator restart lost it; `None` when it is back.
-async fn recreate(cluster: &Cluster, object: &DynamicObject) -> Option<String> {
+pub(crate) async fn recreate(cluster: &Cluster, object: &DynamicObject) -> Option<String> {
     let api = cluster.sessions(Some(&cluster.namespace));
     match api.create(&PostParams::default(), object).await {
         Ok(_) => None,

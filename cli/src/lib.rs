@@ -3,6 +3,7 @@
 //! - [`args`]: the command line (clap);
 //! - [`cluster`]: the kube client from the kubeconfig, API errors as messages;
 //! - [`intercept`]: `intercept`/`mirror` sessions (create, tunnel, status, Ctrl-C);
+//! - [`exec`]: `exec`, a local program run as if in the target's pod (with `libshunt_layer.so`);
 //! - [`tunnel`]: the inbound tunnel (WebSocket byte stream, HTTP/2 server);
 //! - [`forward`]: requests from the tunnel to the local app;
 //! - [`outbound`]: `shunt exec`'s outbound tunnel (CONNECT and DNS through a pod);
@@ -18,6 +19,7 @@ pub mod cluster;
 pub mod curl;
 pub mod demo;
 pub mod doctor;
+pub mod exec;
 pub mod forward;
 pub mod intercept;
 pub mod list;
@@ -42,6 +44,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Intercept(args) => intercept::run(&cluster, &args, Mode::Steal).await,
         Command::Mirror(args) => intercept::run(&cluster, &args, Mode::Mirror).await,
+        Command::Exec(args) => exec::run(&cluster, &args).await,
         Command::Sessions(args) => match args.kill {
             Some(SessionsCommand::Kill { name }) => list::kill(&cluster, &name).await,
             None => list::sessions(&cluster, args.all_namespaces, args.output.output).await,

@@ -35,6 +35,10 @@ fn main() -> std::process::ExitCode {
     };
     match runtime.block_on(shunt_cli::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // `shunt exec`: the program's own exit code, already explained by the program.
+        Err(e) if e.downcast_ref::<shunt_cli::exec::ProgramExit>().is_some() => {
+            std::process::ExitCode::from(e.downcast_ref::<shunt_cli::exec::ProgramExit>().map_or(1, |p| p.0))
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
