@@ -16,10 +16,12 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod faults;
 mod haproxy;
 mod http;
 mod hubload;
 mod interrupt;
+mod layer;
 mod parse;
 mod procfs;
 mod report;
@@ -44,8 +46,12 @@ Build first and run as root, from the workspace root:
 Usage: shunt-bench sidecar [--duration SECS] [--connections N]
        shunt-bench webhook [--duration SECS]   (shunt-webhook vs an echo handler over TLS; no root;
                                                 build with -p shunt-webhook too)
+       shunt-bench layer [--iterations N]     (what libshunt_layer.so adds to a loopback connect/accept it
+                                                does not divert; no root; build with -p shunt-layer too)
        shunt-bench session [--requests N]     (session set-up time and stolen-request latency on the
                                                 full stack on kubesim; no root; build with -p shunt-cli too)
+       shunt-bench faults [--network M]       (the fault matrix on the full stack on kubesim; netns mode
+                                                as root; build with -p shunt-cli too)
 
   --duration SECS   measured seconds per scenario and protocol, after a 2 s warm-up [default: 10]
   --connections N   wrk connections; h2load opens N/4 connections with 10 streams each [default: 32]
@@ -62,6 +68,9 @@ fn main() -> ExitCode {
     match args.next().as_deref() {
         Some("webhook") => return exit(webhook::main(args)),
         Some("session") => return exit(session::main(args)),
+        Some("layer") => return exit(layer::main(args)),
+        Some(layer::LOOP_COMMAND) => return exit(layer::measure(args)),
+        Some("faults") => return exit(faults::main(args)),
         Some(hubload::CLIENTS_COMMAND) => return exit(hubload::clients_main(args)),
         Some(webhook::ECHO_COMMAND) => return exit(webhook::echo_server(args)),
         _ => {}
