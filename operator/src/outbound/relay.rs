@@ -333,13 +333,7 @@ async fn resolve_for_policy(picked: &mut Picked, host: &str) -> Result<Vec<IpAdd
         .map_err(|why| (StatusCode::BAD_GATEWAY, why))?;
     if status != StatusCode::OK {
         let why = message_of(&body);
-        return Err((
-            StatusCode::BAD_GATEWAY,
-            format!(
-                "cannot connect to {host}: it does not resolve in pod {}: {why}",
-                picked.pod
-            ),
-        ));
+        return Err((StatusCode::BAD_GATEWAY, format!("cannot connect to {host}: {why}")));
     }
     let doc: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let addresses: Vec<IpAddr> = doc["addresses"]
@@ -396,14 +390,18 @@ async fn connect(tunnel: &Tunnel, mut req: Request<Incoming>) -> Response<Body> 
     let deny = |addresses: Vec<IpAddr>| {
         let (policies, target) = policies.as_ref()?;
         let dest = Destination::new(&host, port, &tunnel.namespace, addresses);
-        let denial = exposure::outgoing(policies, target, &dest, &shown)?;
+        exposure::outgoing(policies, target, &dest, &shown)
+    };
+    let refuse = |denial: exposure::OutgoingDenial| {
         metrics.outbound("denied");
         tracing::info!(policy = %denial.policy, rule = %denial.rule, "outbound connection denied by a policy");
-        Some(message(StatusCode::FORBIDDEN, &denial.message))
+        message(StatusCode::FORBIDDEN, &denial.message)
     };
-    if !resolve_first {
-        if let Some(resp) = deny(Vec::new()) {
-            return resp;
+    // A name that a `block` rule names is refused before it is resolved; only an allow
+    // list needs the addresses to say no.
+    if let Some(denial) = deny(Vec::new()) {
+        if !resolve_first || denial.rule != "outgoing.allow" {
+            return refuse(denial);
         }
     }
     let mut picked = match pick(tunnel) {
@@ -425,8 +423,8 @@ async fn connect(tunnel: &Tunnel, mut req: Request<Incoming>) -> Response<Body> 
             }
         };
         dial = SocketAddr::new(addresses[0], port).to_string();
-        if let Some(resp) = deny(addresses) {
-            return resp;
+        if let Some(denial) = deny(addresses) {
+            return refuse(denial);
         }
     }
     let Ok(upstream) = Request::connect(dial.as_str()).body(empty()) else {
