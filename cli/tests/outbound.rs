@@ -7,8 +7,8 @@
 //! rule, and without a connected sidecar the answer is 503 saying so.
 //!
 //! Loopback mode (no root): pods share the host's network and resolver, so DNS is shown
-//! with `localhost`; Service names are resolved in the netns e2e, where each pod has its
-//! own `/etc/hosts`.
+//! with `localhost`. In netns mode (root) each pod has its own network and `/etc/hosts`:
+//! Service names resolve in every form and CONNECT by name reaches the Service.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::path::PathBuf;
@@ -163,4 +163,33 @@ async fn connect_and_dns_through_a_pod_policies_refuse_and_no_sidecar_is_503() {
     );
     let dns = outbound.resolve("localhost").await.unwrap_err();
     assert!(matches!(dns, OutboundError::Unavailable(_)), "{dns}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_names_resolve_and_connect_from_the_pods_network_namespace() {
+    if !shunt_netns::root_available("service_names_resolve_and_connect_from_the_pods_network_namespace") {
+        return;
+    }
+    let stack = Stack::start(StackOptions {
+        session_grace: Duration::from_secs(600),
+        network: kubesim::Network::Netns,
+        ..StackOptions::new(shunt(), 1)
+    })
+    .await
+    .unwrap();
+    let alice = developer(&stack, "alice").await;
+    start_session(&alice, "alice-exec").await;
+    let outbound = Outbound::open(&alice, NS, "alice-exec").await.unwrap();
+    let answer = get(connect_when_ready(&outbound, "api:80").await, "api").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let ip = stack.service.ip();
+    for name in ["api", "api.shop", "api.shop.svc.cluster.local"] {
+        assert_eq!(outbound.resolve(name).await.unwrap(), vec![ip], "{name}");
+    }
+    let answer = get(outbound.connect("api.shop.svc.cluster.local:80").await.unwrap(), "api").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // The laptop's resolver knows none of these: they are the pod's names.
+    assert!(tokio::net::lookup_host(("api.shop.svc.cluster.local", 80))
+        .await
+        .is_err());
 }
