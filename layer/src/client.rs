@@ -53,6 +53,9 @@ pub struct Answer {
     /// `connect`: connect to this loopback port instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// `listen`: the port is one of the session's (its accepted sockets may get a peer).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub session: bool,
     /// `connect`/`resolve`: do what the program asked, locally.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub local: bool,

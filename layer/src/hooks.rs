@@ -69,7 +69,9 @@ fn report_listener(fd: c_int) {
         port: local.port(),
         addr: local.ip().to_string(),
     };
-    if client::ask(&question, LISTEN_TIMEOUT).is_some() {
+    // Only the session's ports get connections from the CLI: accepts on any other
+    // listener stay on the fast path.
+    if client::ask(&question, LISTEN_TIMEOUT).is_some_and(|a| a.session) {
         fds::set(fd, Entry::Listener);
     }
 }

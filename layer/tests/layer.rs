@@ -137,7 +137,7 @@ fn echo_server() -> u16 {
 #[test]
 fn listeners_are_reported_and_accepted_sockets_show_the_pod_client() {
     let cli = FakeCli::start(HashMap::from([
-        ("listen".into(), json!({})),
+        ("listen".into(), json!({"session": true})),
         ("peer".into(), json!({"addr": "10.244.0.9:0"})),
     ]));
     let out = cli.python(
@@ -255,10 +255,10 @@ fn local_traffic_udp_and_a_missing_cli_are_left_alone() {
     );
     assert_eq!(out.trim(), "1000");
     assert!(cli.ops("connect").is_empty(), "loopback and UDP never ask");
-    assert_eq!(
-        cli.ops("peer").len(),
-        1000,
-        "only the reported listener asks who its clients are"
+    assert_eq!(cli.ops("listen").len(), 1);
+    assert!(
+        cli.ops("peer").is_empty(),
+        "a listener on no session port never asks about its clients"
     );
 
     let gone = cli.dir.join("nobody.sock");

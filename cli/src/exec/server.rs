@@ -2,9 +2,9 @@
 //! on which the program's `libshunt_layer.so` asks one question per connection, one
 //! JSON line each way (the JSON form is pinned by tests here and in the layer):
 //!
-//! - `{"op":"listen","port":L,"addr":A}` → `{}`: the program listens; if L is the
-//!   local port of a session port P (`--port P:L`, or P itself), P's stolen requests go
-//!   to it from now on;
+//! - `{"op":"listen","port":L,"addr":A}` → `{"session":true}` if L is the local port
+//!   of a session port P (`--port P:L`, or P itself): P's stolen requests go to it from
+//!   now on; `{}` for any other port (the layer then never asks about its clients);
 //! - `{"op":"resolve","name":N}` → `{"addresses":[…]}` from the pod's resolver, or
 //!   `{"local":true}` when the pod does not know N (libc then resolves it here);
 //! - `{"op":"connect","addr":"ip:port"}` → `{"port":L}`: the connection is open from a
@@ -72,6 +72,8 @@ pub enum Question {
 pub struct Answer {
     #[serde(skip_serializing_if = "Option::is_none")]
     port: Option<u16>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    session: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     local: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -294,7 +296,10 @@ fn listen(shared: &Shared, port: u16, addr: IpAddr) -> Answer {
             "shunt exec: the program listens on {target}: requests of the session for pod port {pod_port} go to it"
         );
     }
-    Answer::default()
+    Answer {
+        session: true,
+        ..Answer::default()
+    }
 }
 
 fn peer(shared: &Shared, port: u16) -> Answer {

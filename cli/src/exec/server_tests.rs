@@ -58,7 +58,7 @@ async fn the_layer_questions_are_answered() {
 
     assert_eq!(
         ask(&path, json!({"op": "listen", "port": 3000, "addr": "0.0.0.0"})).await,
-        json!({})
+        json!({"session": true})
     );
     assert_eq!(
         ask(&path, json!({"op": "listen", "port": 4000, "addr": "::"})).await,

@@ -81,7 +81,12 @@ fn locate() -> Result<PathBuf> {
     [dir.join("libshunt_layer.so"), dir.join("deps/libshunt_layer.so")]
         .into_iter()
         .find(|p| p.is_file())
-        .with_context(|| format!("libshunt_layer.so is not next to {}: cargo build --release -p shunt-layer", exe.display()))
+        .with_context(|| {
+            format!(
+                "libshunt_layer.so is not next to {}: cargo build --release -p shunt-layer",
+                exe.display()
+            )
+        })
 }
 
 /// Runs the loop in a child; `[(p50, mean)]` for connect and accept.
