@@ -40,6 +40,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Demo(args) = &cli.command {
         return demo::run(args).await;
     }
+    if let Command::Exec(args) = &cli.command {
+        // A program shunt exec cannot serve is refused before anything touches the cluster.
+        exec::program::check(&args.command[0])?;
+    }
     let cluster = cluster::connect(&cli.kube).await?;
     match cli.command {
         Command::Intercept(args) => intercept::run(&cluster, &args, Mode::Steal).await,
