@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use shunt_cli::demo::developer::{Developer, Kind};
 use shunt_cli::demo::stack::{poll, Stack, StackOptions};
-use shunt_cli::demo::traffic::served_by;
+use shunt_cli::demo::traffic::{get, served_by};
 
 /// The session grace period of the operator in these tests.
 const GRACE: Duration = Duration::from_secs(2);
@@ -308,4 +308,135 @@ async fn shunt_user_and_shunt_admin_roles_of_the_chart() {
         .unwrap();
     assert!(!status.success());
     assert!(stack.sessions().await.unwrap().is_empty());
+}
+
+/// A free local port (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `shunt exec` as `user` (a child process, killed on drop).
+fn exec(stack: &Stack, user: &str, args: &[&str]) -> tokio::process::Command {
+    let kubeconfig = stack.kubeconfig(user).unwrap();
+    let mut cmd = tokio::process::Command::new(shunt());
+    cmd.arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["exec", "deployment/api", "-n", "shop"])
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Issue 7 in netns mode (root), real programs under `shunt exec`: a shell that forks
+/// `python3 -m http.server` gets alice's requests from every pod; a Python client
+/// reaches a Service by its cluster DNS name through a pod; `env` gets the container's
+/// environment minus what is excluded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_gives_real_programs_the_pods_traffic_network_and_env() {
+    if !shunt_netns::root_available("exec_gives_real_programs_the_pods_traffic_network_and_env") {
+        return;
+    }
+    let stack = Stack::start(StackOptions {
+        session_grace: GRACE,
+        network: kubesim::Network::Netns,
+        ..StackOptions::new(shunt(), 3)
+    })
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("shunt-exec-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("hello.txt"), "served by alice's python\n").unwrap();
+
+    // A shell that forks the server: the child inherits the layer; its listen on the
+    // session's (mapped) port takes alice's requests from all 3 pods.
+    let port = free_port();
+    let script = format!(
+        "cd {} && python3 -m http.server {port} --bind 127.0.0.1 & wait",
+        dir.display()
+    );
+    let mut server = exec(
+        &stack,
+        "alice",
+        &[
+            "--header",
+            "x-user: alice",
+            "--port",
+            &format!("8080:{port}"),
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    poll(
+        "alice's python to answer through the Service",
+        Duration::from_secs(60),
+        async || {
+            if let Ok(Some(status)) = server.try_wait() {
+                panic!("alice's shunt exec exited: {status}");
+            }
+            let (status, body) = get(stack.service, "/hello.txt", &[("x-user", "alice")]).await.ok()?;
+            (status == 200 && body.contains("alice's python")).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let mut pods = BTreeMap::new();
+    for _ in 0..30 {
+        let (status, body) = get(stack.service, "/hello.txt", &[("x-user", "alice")]).await.unwrap();
+        assert_eq!((status, body.as_str()), (200, "served by alice's python\n"));
+        let who = served_by(stack.service, None).await.unwrap();
+        *pods.entry(who).or_insert(0) += 1;
+    }
+    assert!(
+        pods_only(&pods) && pods.len() == 3,
+        "the others reach every pod: {pods:?}"
+    );
+
+    // A client: the Service's cluster DNS name resolves in the pod and the connection
+    // leaves from the pod.
+    let client = "import urllib.request; \
+        print(urllib.request.urlopen('http://api.shop.svc.cluster.local/', timeout=10).read().decode())";
+    let out = exec(
+        &stack,
+        "bob",
+        &["--header", "x-user: bob", "--", "python3", "-c", client],
+    )
+    .output()
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("\"served_by\":\"api-"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // env: the container's variables, minus the excluded ones.
+    let out = exec(
+        &stack,
+        "carol",
+        &["--header", "x-user: carol", "--env-exclude", "DB_*", "--", "env"],
+    )
+    .output()
+    .await
+    .unwrap();
+    let env = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{env}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(env.lines().any(|l| l == "GREETING=hello from the pod"), "{env}");
+    assert!(!env.contains("DB_PASSWORD"), "{env}");
+
+    server.start_kill().unwrap();
+    let _ = server.wait().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -4,7 +4,7 @@
 //! `shunt __webhook`), with the chart's ServiceAccounts, RBAC, APIService and webhook
 //! configuration; the webhook injects `shunt/sidecar` (`shunt __sidecar`) into the pods of
 //! namespace `shop`, which holds Deployment `api` (`kubesim/echo` → `shunt __echo`, port
-//! `http` 8080) and Service `api` (port 80 → `http`). The developers are bound to the
+//! `http` 8080, env `GREETING` and `DB_PASSWORD`) and Service `api` (port 80 → `http`). The developers are bound to the
 //! chart's ClusterRole `shunt-user` in `shop`.
 //!
 //! Loopback mode needs no root (sidecars take over the app's port); netns mode (root)
@@ -162,7 +162,10 @@ impl Stack {
             "replicas": replicas, "selector": {"matchLabels": {"app": "api"}},
             "template": {"metadata": {"labels": {"app": "api"}}, "spec": {"terminationGracePeriodSeconds": 1,
                 "containers": [{"name": "echo", "image": kubesim::kubelet::images::ECHO_IMAGE,
-                    "ports": [{"name": "http", "containerPort": 8080}]}]}}}});
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                    // What `shunt exec` hands a local program (minus what it excludes).
+                    "env": [{"name": "GREETING", "value": "hello from the pod"},
+                        {"name": "DB_PASSWORD", "value": "not-for-laptops"}]}]}}}});
         create(admin, &format!("/apis/apps/v1/namespaces/{NS}/deployments"), deployment).await?;
         let service = json!({"metadata": {"name": "api"}, "spec": {"selector": {"app": "api"},
             "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}});
