@@ -9,7 +9,7 @@
 //! local port: the layer asks for it (`peer`) when the program accepts, and shows the
 //! pod client's address (the sidecar's `x-forwarded-for`).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -17,7 +17,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use shunt_proto::hub::HEADER_UNAVAILABLE;
 use shunt_proto::names::{HOP_HEADER_POD, HOP_HEADER_SESSION};
-use tokio::net::TcpStream;
+use tokio::net::TcpSocket;
 
 use super::server::Shared;
 use crate::forward::{self, Body};
@@ -36,16 +36,17 @@ pub async fn forward(shared: Arc<Shared>, mut req: Request<Incoming>) -> Respons
     let Some(addr) = listener else {
         return unavailable(&format!("the program does not listen for pod port {port} yet"));
     };
-    let tcp = match TcpStream::connect(addr).await {
+    // The local port is bound (and the pod client recorded) before connecting: the
+    // program may accept, and its layer ask who the client is, before `connect` returns.
+    let (socket, local_port) = match bind_local(addr) {
+        Ok(bound) => bound,
+        Err(e) => return unavailable(&format!("no local port to reach the program: {e}")),
+    };
+    let _peer = client_ip(&req).map(|ip| PeerGuard::new(shared.clone(), local_port, ip));
+    let tcp = match socket.connect(addr).await {
         Ok(tcp) => tcp,
         Err(e) => return unavailable(&format!("the program's listener {addr} for pod port {port}: {e}")),
     };
-    let client = client_ip(&req);
-    let _peer = tcp
-        .local_addr()
-        .ok()
-        .zip(client)
-        .map(|(local, ip)| PeerGuard::new(shared.clone(), local.port(), ip));
     req.headers_mut().remove(HOP_HEADER_SESSION);
     req.headers_mut().remove(HOP_HEADER_POD);
     match forward::send_on(tcp, req).await {
@@ -62,6 +63,23 @@ pub async fn forward(shared: Arc<Shared>, mut req: Request<Incoming>) -> Respons
             )
         }
     }
+}
+
+/// A socket bound to an ephemeral local port of `to`'s family, and that port.
+fn bind_local(to: SocketAddr) -> std::io::Result<(TcpSocket, u16)> {
+    let socket = if to.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    let any = if to.is_ipv4() {
+        IpAddr::from([0, 0, 0, 0])
+    } else {
+        IpAddr::from([0u16; 8])
+    };
+    socket.bind(SocketAddr::new(any, 0))?;
+    let port = socket.local_addr()?.port();
+    Ok((socket, port))
 }
 
 /// 503 + `shunt-unavailable`: the body is unread, the pod's app may serve the request.
