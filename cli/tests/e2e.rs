@@ -436,6 +436,22 @@ async fn exec_gives_real_programs_the_pods_traffic_network_and_env() {
     assert!(env.lines().any(|l| l == "GREETING=hello from the pod"), "{env}");
     assert!(!env.contains("DB_PASSWORD"), "{env}");
 
+    // A statically linked program (Debian's ldconfig is static-pie) is refused before
+    // anything starts, saying why and what to use instead.
+    let out = exec(
+        &stack,
+        "carol",
+        &["--header", "x-user: carol", "--", "/sbin/ldconfig", "-p"],
+    )
+    .output()
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("statically linked") && err.contains("shunt intercept"),
+        "{err}"
+    );
+
     server.start_kill().unwrap();
     let _ = server.wait().await;
     let _ = std::fs::remove_dir_all(&dir);
