@@ -30,6 +30,19 @@ async fn stack(replicas: u32) -> Stack {
     .unwrap()
 }
 
+/// A 3-replica stack in netns mode, or None when not root (and CI does not require it).
+async fn netns_stack(test: &str) -> Option<Stack> {
+    if !shunt_netns::root_available(test) {
+        return None;
+    }
+    let options = StackOptions {
+        session_grace: GRACE,
+        network: kubesim::Network::Netns,
+        ..StackOptions::new(shunt(), 3)
+    };
+    Some(Stack::start(options).await.unwrap())
+}
+
 async fn intercept(stack: &Stack, name: &str) -> Developer {
     let header = format!("x-user: {name}");
     Developer::start(stack, &shunt(), name, Kind::Intercept, Some(&header))
@@ -63,16 +76,10 @@ async fn two_developers_share_every_replica_and_the_rest_reaches_the_pods() {
 /// cluster (the chart rendered with charts/shunt/ci/kubesim-netns-values.yaml).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_developers_share_every_replica_in_network_namespaces_with_nftables() {
-    if !shunt_netns::root_available("two_developers_share_every_replica_in_network_namespaces_with_nftables") {
+    let Some(stack) = netns_stack("two_developers_share_every_replica_in_network_namespaces_with_nftables").await
+    else {
         return;
-    }
-    let stack = Stack::start(StackOptions {
-        session_grace: GRACE,
-        network: kubesim::Network::Netns,
-        ..StackOptions::new(shunt(), 3)
-    })
-    .await
-    .unwrap();
+    };
     // The webhook injected the nftables mode, and the Service targets the app's own port.
     let pod = &stack.pods().await.unwrap()[0];
     let sidecar = &pod["spec"]["initContainers"][0];
@@ -339,16 +346,9 @@ fn exec(stack: &Stack, user: &str, args: &[&str]) -> tokio::process::Command {
 /// environment minus what is excluded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_gives_real_programs_the_pods_traffic_network_and_env() {
-    if !shunt_netns::root_available("exec_gives_real_programs_the_pods_traffic_network_and_env") {
+    let Some(stack) = netns_stack("exec_gives_real_programs_the_pods_traffic_network_and_env").await else {
         return;
-    }
-    let stack = Stack::start(StackOptions {
-        session_grace: GRACE,
-        network: kubesim::Network::Netns,
-        ..StackOptions::new(shunt(), 3)
-    })
-    .await
-    .unwrap();
+    };
     let dir = std::env::temp_dir().join(format!("shunt-exec-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("hello.txt"), "served by alice's python\n").unwrap();

@@ -138,16 +138,7 @@ pub fn main(args: impl Iterator<Item = String>) -> Result<()> {
     if options.network == kubesim::Network::Netns && !shunt_netns::is_root() {
         bail!("--network netns needs root");
     }
-    let shunt = std::env::current_exe()?
-        .parent()
-        .context("this executable has no directory")?
-        .join("shunt");
-    if !shunt.is_file() {
-        bail!(
-            "{} is missing; build it first: cargo build --release -p shunt-cli -p shunt-bench",
-            shunt.display()
-        );
-    }
+    let shunt = crate::session::shunt_next_to_me()?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -388,16 +379,12 @@ fn count(fault: Fault, log: &[Sent], injected: Instant, recovery: Option<Duratio
         })
         .count();
     let mut note = note;
-    if let Some(first) = log.iter().find_map(|s| s.answer.as_ref().err()) {
-        let user = log
-            .iter()
-            .find(|s| s.answer.is_err())
-            .and_then(|s| s.user)
-            .unwrap_or("no header");
-        note = format!(
-            "{note}{}first failure ({user}): {first}",
-            if note.is_empty() { "" } else { "; " }
-        );
+    if let Some(failed) = log.iter().find(|s| s.answer.is_err()) {
+        let user = failed.user.unwrap_or("no header");
+        let at = failed.at.saturating_duration_since(injected).as_secs_f64();
+        let why = failed.answer.as_ref().err().map_or("", String::as_str);
+        let sep = if note.is_empty() { "" } else { "; " };
+        note = format!("{note}{sep}first failure ({user}, {at:+.2} s): {why}");
     }
     Row {
         fault,

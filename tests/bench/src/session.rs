@@ -89,6 +89,16 @@ pub fn main(args: impl Iterator<Item = String>) -> Result<()> {
     if options.requests == 0 || options.runs_small == 0 || options.runs_large == 0 || options.large < 3 {
         bail!("--requests, --runs and --large-runs must be at least 1, --large at least 3");
     }
+    let shunt = shunt_next_to_me()?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?
+        .block_on(run(&shunt, &options))
+}
+
+/// The `shunt` binary next to this executable (built with it), or what to build.
+pub fn shunt_next_to_me() -> Result<std::path::PathBuf> {
     let shunt = std::env::current_exe()?
         .parent()
         .context("this executable has no directory")?
@@ -99,11 +109,7 @@ pub fn main(args: impl Iterator<Item = String>) -> Result<()> {
             shunt.display()
         );
     }
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")?
-        .block_on(run(&shunt, &options))
+    Ok(shunt)
 }
 
 async fn run(shunt: &Path, options: &Options) -> Result<()> {
