@@ -343,7 +343,8 @@ fn exec(stack: &Stack, user: &str, args: &[&str]) -> tokio::process::Command {
 /// Issue 7 in netns mode (root), real programs under `shunt exec`: a shell that forks
 /// `python3 -m http.server` gets alice's requests from every pod; a Python client
 /// reaches a Service by its cluster DNS name through a pod; `env` gets the container's
-/// environment minus what is excluded.
+/// environment minus what is excluded; 1,000 local connections are unaffected; a static
+/// program is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_gives_real_programs_the_pods_traffic_network_and_env() {
     let Some(stack) = netns_stack("exec_gives_real_programs_the_pods_traffic_network_and_env").await else {
@@ -435,6 +436,35 @@ async fn exec_gives_real_programs_the_pods_traffic_network_and_env() {
     assert!(out.status.success(), "{env}{}", String::from_utf8_lossy(&out.stderr));
     assert!(env.lines().any(|l| l == "GREETING=hello from the pod"), "{env}");
     assert!(!env.contains("DB_PASSWORD"), "{env}");
+
+    // A program that opens 1,000 local connections to its own server is unaffected
+    // (loopback is never diverted).
+    let local = r#"
+import socket, threading
+s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(128)
+port = s.getsockname()[1]; n = 0
+def serve():
+    while True:
+        c, _ = s.accept(); c.sendall(b'x'); c.close()
+threading.Thread(target=serve, daemon=True).start()
+for _ in range(1000):
+    c = socket.create_connection(('127.0.0.1', port)); n += len(c.recv(1)); c.close()
+print(n)
+"#;
+    let out = exec(
+        &stack,
+        "carol",
+        &["--header", "x-user: carol", "--", "python3", "-c", local],
+    )
+    .output()
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.trim() == "1000",
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // A statically linked program (Debian's ldconfig is static-pie) is refused before
     // anything starts, saying why and what to use instead.
