@@ -2,8 +2,11 @@
 //!
 //! - nftables mode ([`run_nftables`]): dormant = no table and no proxy listener. The
 //!   first route binds the proxy port and installs the table; every second the lease
-//!   of the routed ports is renewed; the last route removed deletes the table first and
-//!   closes the listener a moment later, so connections redirected just before still land.
+//!   of the routed ports is renewed; the last route removed empties the set (nothing new
+//!   is redirected), closes the listener a moment later (connections redirected just
+//!   before still land), and deletes the table only once the proxy has no connection
+//!   left: deleting a namespace's last NAT chain makes the kernel drop the NAT bindings
+//!   of live connections (conntrack cleanup), which cut requests in flight.
 //! - port-takeover mode ([`run_takeover`]): the sidecar owns its listen ports from the
 //!   start (Services target them) and passes bytes through while a port has no routes.
 
@@ -24,6 +27,8 @@ use nft::Nft;
 
 /// How long the proxy listener stays open after the redirect is gone.
 const LISTENER_LINGER: Duration = Duration::from_secs(1);
+/// How often a draining redirect looks whether its connections are done.
+const DRAIN_POLL: Duration = Duration::from_millis(200);
 /// Renewal period of the redirect lease.
 const RENEW_EVERY: Duration = Duration::from_secs(1);
 
@@ -40,6 +45,8 @@ pub async fn run_nftables(config: Config, shared: Arc<Shared>, nft: Nft, mut shu
     let mut table = shared.table.clone();
     let mut listener = Listener::Closed;
     let mut installed = false;
+    // The set is empty but the table stays while redirected connections are open.
+    let mut draining = false;
     let mut healthy = true;
     let proxy_addr = SocketAddr::new(config.bind_ip, config.proxy_port);
     loop {
@@ -86,9 +93,24 @@ pub async fn run_nftables(config: Config, shared: Arc<Shared>, nft: Nft, mut shu
                 // After a failure the table may be gone or stale: rebuild it next time.
                 installed = ok;
                 healthy = ok;
+                draining = false;
             }
         } else {
-            if installed {
+            if installed && !draining {
+                // No new connection is redirected from now on; the table itself stays
+                // until the connections it redirected are done (see Shared::connections).
+                match nft.renew(&[]).await {
+                    Ok(()) => tracing::info!("redirect emptied; draining"),
+                    Err(error) => tracing::warn!(%error, "cannot empty the redirect set; removing the table"),
+                }
+                draining = true;
+            }
+            listener = match listener {
+                Listener::Open(stop) => Listener::Closing(stop, Instant::now() + LISTENER_LINGER),
+                Listener::Closing(_, deadline) if Instant::now() >= deadline => Listener::Closed,
+                other => other,
+            };
+            if installed && matches!(listener, Listener::Closed) && shared.connections() == 0 {
                 match nft.remove().await {
                     Ok(()) => tracing::info!("redirect removed; dormant"),
                     Err(error) => {
@@ -96,15 +118,13 @@ pub async fn run_nftables(config: Config, shared: Arc<Shared>, nft: Nft, mut shu
                     }
                 }
                 installed = false;
+                draining = false;
             }
-            listener = match listener {
-                Listener::Open(stop) => Listener::Closing(stop, Instant::now() + LISTENER_LINGER),
-                Listener::Closing(_, deadline) if Instant::now() >= deadline => Listener::Closed,
-                other => other,
-            };
         }
         let wake = match &listener {
             Listener::Closing(_, deadline) => (*deadline).min(Instant::now() + RENEW_EVERY),
+            // Draining: look at the open connections often.
+            _ if draining => Instant::now() + DRAIN_POLL,
             _ => Instant::now() + RENEW_EVERY,
         };
         tokio::select! {

@@ -95,6 +95,7 @@ struct Options {
     network: kubesim::Network,
     window: Duration,
     only: Option<String>,
+    logs: Option<std::path::PathBuf>,
 }
 
 /// Runs the matrix; `args` are the arguments after `faults`.
@@ -107,6 +108,7 @@ pub fn main(args: impl Iterator<Item = String>) -> Result<()> {
         },
         window: Duration::from_secs(40),
         only: None,
+        logs: None,
     };
     let mut args = args.peekable();
     while let Some(arg) = args.next() {
@@ -123,12 +125,14 @@ pub fn main(args: impl Iterator<Item = String>) -> Result<()> {
                 options.window = Duration::from_secs(secs.max(10));
             }
             "--only" => options.only = Some(args.next().context("--only needs a word of a fault's name")?),
+            "--logs" => options.logs = Some(args.next().context("--logs needs a directory")?.into()),
             "-h" | "--help" => {
                 println!(
-                    "Usage: shunt-bench faults [--network netns|loopback] [--window SECS] [--only WORD]\n  \
+                    "Usage: shunt-bench faults [--network netns|loopback] [--window SECS] [--only WORD] [--logs DIR]\n  \
                      --network  pod networking (default: netns as root, else loopback)\n  \
                      --window   longest time to wait for recovery per fault [default: 40]\n  \
-                     --only     run the faults whose name contains WORD (e.g. operator)"
+                     --only     run the faults whose name contains WORD (e.g. operator)\n  \
+                     --logs DIR write every container's log after each fault into DIR/<fault>/"
                 );
                 return Ok(());
             }
@@ -336,6 +340,12 @@ async fn one(shunt: &Path, options: &Options, fault: Fault) -> Result<Row> {
     };
     stop.store(true, Ordering::Relaxed);
     let _ = sender.await;
+    if let Some(dir) = &options.logs {
+        let dir = dir.join(format!("{fault:?}"));
+        if let Err(error) = write_logs(&stack, &dir).await {
+            eprintln!("  cannot write the logs into {}: {error:#}", dir.display());
+        }
+    }
     drop(keep);
     drop(bob);
     drop(alice);
@@ -467,4 +477,26 @@ async fn wait_pods(stack: &Stack, want: usize) -> Result<usize> {
         })
     })
     .await
+}
+
+/// Every container's log of namespaces `shop` and `shunt-system` into `dir`.
+async fn write_logs(stack: &Stack, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for ns in [NS, "shunt-system"] {
+        let (_, pods) = request(&stack.admin, "GET", &format!("/api/v1/namespaces/{ns}/pods"), None).await?;
+        for pod in pods["items"].as_array().into_iter().flatten() {
+            let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+            let containers = ["initContainers", "containers"]
+                .iter()
+                .flat_map(|k| pod["spec"][k].as_array().cloned().unwrap_or_default());
+            for c in containers {
+                let container = c["name"].as_str().unwrap_or_default();
+                let path = format!("/api/v1/namespaces/{ns}/pods/{name}/log?container={container}");
+                let (_, log) = request(&stack.admin, "GET", &path, None).await?;
+                let text = log.as_str().map_or_else(|| log.to_string(), str::to_owned);
+                std::fs::write(dir.join(format!("{name}.{container}.log")), text)?;
+            }
+        }
+    }
+    Ok(())
 }
