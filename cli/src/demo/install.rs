@@ -6,6 +6,7 @@
 //!
 //! What differs from a real install is only what `helm install --set` would change:
 //! - [`Settings::session_grace`]: the operator's `--session-grace`;
+//! - [`Settings::operator_replicas`]: the chart value `operator.replicas`;
 //! - loopback mode: pods share the host's network and cannot resolve Service names, so the
 //!   sidecars are pointed at the hub Service's cluster IP (`--operator-addr`; the TLS name
 //!   stays `shunt-operator.<ns>.svc`). In netns mode every pod resolves Services through
@@ -39,6 +40,8 @@ pub struct Settings {
     pub session_grace: Duration,
     /// Point sidecars at the hub's cluster IP (loopback mode).
     pub hub_by_ip: bool,
+    /// Replicas of the operator (the chart's `operator.replicas`: 1, or 2 for a standby).
+    pub operator_replicas: u32,
 }
 
 /// The documents of a multi-document YAML text, empty documents dropped.
@@ -117,7 +120,10 @@ pub async fn install(
 async fn adjust(admin: &kube::Client, deployment: &mut Value, settings: &Settings) -> anyhow::Result<()> {
     let grace = format!("{}ms", settings.session_grace.as_millis());
     match deployment["metadata"]["name"].as_str() {
-        Some("shunt-operator") => set_arg(deployment, "--session-grace", &grace),
+        Some("shunt-operator") => {
+            deployment["spec"]["replicas"] = Value::from(settings.operator_replicas);
+            set_arg(deployment, "--session-grace", &grace)
+        }
         Some("shunt-webhook") if settings.hub_by_ip => {
             let path = format!("/api/v1/namespaces/{RELEASE_NS}/services/{HUB_SERVICE}");
             let (status, service) = request(admin, "GET", &path, None).await?;
@@ -160,7 +166,11 @@ async fn wait_serving(admin: &kube::Client, timeout: Duration) -> anyhow::Result
         poll(&format!("Deployment {deployment} to be Ready"), timeout, async || {
             let path = format!("/apis/apps/v1/namespaces/{RELEASE_NS}/deployments/{deployment}");
             let (_, d) = request(admin, "GET", &path, None).await.ok()?;
-            let want = d["spec"]["replicas"].as_u64().unwrap_or(1);
+            // Only the operator's leader is Ready; a standby waits for the Lease.
+            let want = match deployment {
+                "shunt-operator" => 1,
+                _ => d["spec"]["replicas"].as_u64().unwrap_or(1),
+            };
             (d["status"]["readyReplicas"].as_u64().unwrap_or(0) >= want).then_some(())
         })
         .await?;

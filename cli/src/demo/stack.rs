@@ -50,6 +50,8 @@ pub struct StackOptions {
     pub timeout: Duration,
     /// Pod networking: loopback (no root) or netns (root, nftables redirects).
     pub network: kubesim::Network,
+    /// Operator replicas (2: a standby takes over when the leader goes).
+    pub operator_replicas: u32,
 }
 
 impl StackOptions {
@@ -61,6 +63,7 @@ impl StackOptions {
             session_grace: Duration::from_secs(2),
             timeout: Duration::from_secs(120),
             network: kubesim::Network::Loopback,
+            operator_replicas: 1,
         }
     }
 }
@@ -115,18 +118,15 @@ impl Stack {
         .await
         .context("cannot start kubesim")?;
         let admin = client_for(&cluster, ADMIN, &["system:masters"]).await?;
-        let (manifests, settings) = if netns {
-            let settings = Settings {
-                session_grace: options.session_grace,
-                hub_by_ip: false,
-            };
-            (install::NETNS_MANIFESTS, settings)
+        let settings = Settings {
+            session_grace: options.session_grace,
+            hub_by_ip: !netns,
+            operator_replicas: options.operator_replicas,
+        };
+        let manifests = if netns {
+            install::NETNS_MANIFESTS
         } else {
-            let settings = Settings {
-                session_grace: options.session_grace,
-                hub_by_ip: true,
-            };
-            (install::LOOPBACK_MANIFESTS, settings)
+            install::LOOPBACK_MANIFESTS
         };
         install::install(&admin, manifests, &settings, options.timeout)
             .await
@@ -216,13 +216,27 @@ impl Stack {
         Ok(list["items"].as_array().cloned().unwrap_or_default())
     }
 
-    /// The live pod of the operator's Deployment.
+    /// The operator's leader pod (the holder of the Lease `shunt-operator`), or its only
+    /// live pod.
     pub async fn operator_pod(&self) -> anyhow::Result<Value> {
         let selector = "app.kubernetes.io%2Fcomponent%3Doperator";
         let pods = self.pods_labelled(SYSTEM_NS, selector).await?;
-        pods.into_iter()
-            .find(|p| p["metadata"]["deletionTimestamp"].is_null())
-            .context("the operator has no pod")
+        let path = format!("/apis/coordination.k8s.io/v1/namespaces/{SYSTEM_NS}/leases/shunt-operator");
+        let holder = match request(&self.admin, "GET", &path, None).await {
+            Ok((200, lease)) => lease["spec"]["holderIdentity"].as_str().map(str::to_owned),
+            _ => None,
+        };
+        let live = pods
+            .into_iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null());
+        let mut live: Vec<Value> = live.collect();
+        if let Some(at) = live
+            .iter()
+            .position(|p| p["metadata"]["name"].as_str() == holder.as_deref())
+        {
+            return Ok(live.swap_remove(at));
+        }
+        live.into_iter().next().context("the operator has no pod")
     }
 
     /// The operator's process id (its container's).

@@ -39,6 +39,7 @@ const SETTLED: Duration = Duration::from_secs(5);
 enum Fault {
     SidecarKill,
     OperatorKill,
+    NewLeader,
     CliKill,
     DeveloperHangs,
     MirrorStalls,
@@ -47,9 +48,10 @@ enum Fault {
 }
 
 impl Fault {
-    const ALL: [Fault; 7] = [
+    const ALL: [Fault; 8] = [
         Fault::SidecarKill,
         Fault::OperatorKill,
+        Fault::NewLeader,
         Fault::CliKill,
         Fault::DeveloperHangs,
         Fault::MirrorStalls,
@@ -61,6 +63,7 @@ impl Fault {
         match self {
             Fault::SidecarKill => "sidecar `kill -9` in one pod",
             Fault::OperatorKill => "operator `kill -9` (kubelet restarts it)",
+            Fault::NewLeader => "operator leader's pod deleted (2 replicas: the standby leads)",
             Fault::CliKill => "alice's CLI `kill -9`",
             Fault::DeveloperHangs => "bob's local server hangs",
             Fault::MirrorStalls => "a mirror consumer (carol) stalls",
@@ -231,6 +234,7 @@ fn any_owner(_: Option<&'static str>) -> Option<&'static str> {
 async fn one(shunt: &Path, options: &Options, fault: Fault) -> Result<Row> {
     let stack = Stack::start(StackOptions {
         network: options.network,
+        operator_replicas: if fault == Fault::NewLeader { 2 } else { 1 },
         ..StackOptions::new(shunt.to_owned(), 3)
     })
     .await?;
@@ -266,6 +270,25 @@ async fn one(shunt: &Path, options: &Options, fault: Fault) -> Result<Row> {
             note = format!("pod {}", pod["metadata"]["name"].as_str().unwrap_or("?"));
         }
         Fault::OperatorKill => stack.kill_operator().await?,
+        Fault::NewLeader => {
+            let leader = stack.operator_pod().await?;
+            let name = leader["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+            let path = format!("/api/v1/namespaces/shunt-system/pods/{name}");
+            let (status, body) = request(&stack.admin, "DELETE", &path, None).await?;
+            if status >= 300 {
+                bail!("deleting the leader {name} failed ({status}): {body}");
+            }
+            let new = shunt_cli::demo::stack::poll("a new leader", Duration::from_secs(60), async || {
+                let pod = stack.operator_pod().await.ok()?;
+                let now = pod["metadata"]["name"].as_str()?.to_owned();
+                (now != name && shunt_cli::demo::kube::pod_ready(&pod)).then_some(now)
+            })
+            .await?;
+            note = format!(
+                "{name} deleted; {new} leads after {:.1} s",
+                injected.elapsed().as_secs_f64()
+            );
+        }
         Fault::CliKill => {
             if let Some(mut dev) = alice.take() {
                 dev.cli.start_kill()?;
