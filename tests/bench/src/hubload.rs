@@ -175,7 +175,7 @@ struct Watch {
 
 async fn connect(hub: SocketAddr, tls: Arc<rustls::ClientConfig>, pod: &str, token: &str) -> Result<Watch> {
     let tcp = tokio::net::TcpStream::connect(hub).await?;
-    let server = rustls_pki_types::ServerName::try_from("shunt-operator")?;
+    let server = rustls_pki_types::ServerName::try_from("shunt-operator.shunt-system.svc")?;
     let stream = tokio_rustls::TlsConnector::from(tls).connect(server, tcp).await?;
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(stream)).await?;
