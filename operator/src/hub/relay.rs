@@ -88,6 +88,10 @@ pub(crate) async fn relay(ctx: &Ctx, conn: &Conn, req: Request<Incoming>) -> Res
             ),
         );
     }
+    // A bodiless request with a safe method (RFC 9110 §9.2.1) that the CLI's side fails
+    // (its tunnel cut mid-request) is handed back like an unsent one: the sidecar kept a
+    // copy and lets the app serve it, instead of failing the client.
+    let replayable = req.method().is_safe() && hyper::body::Body::is_end_stream(req.body());
     let req = normalize(req).map(|b| b.map_err(Into::into).boxed());
     let span = tracing::debug_span!("relay", session.id = %session, pod.name = %pod.name);
     match tracing::Instrument::instrument(ctx.tunnels.forward(&pod.namespace, &session, req), span).await {
@@ -99,6 +103,13 @@ pub(crate) async fn relay(ctx: &Ctx, conn: &Conn, req: Request<Incoming>) -> Res
             metrics,
             &format!("session {session:?} has no CLI connected; the body was not read"),
         ),
+        Err(ForwardError::Failed(e)) if replayable => {
+            tracing::info!(error = %e, "the session's CLI failed a bodiless safe request; the app serves it");
+            unavailable(
+                metrics,
+                &format!("the CLI of session {session:?} failed ({e}); a bodiless safe request, the app may serve it"),
+            )
+        }
         Err(ForwardError::Failed(e)) => {
             metrics.outcome("failed");
             tracing::info!(error = %e, "the session's CLI failed the request");

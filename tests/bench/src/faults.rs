@@ -40,6 +40,7 @@ enum Fault {
     SidecarKill,
     OperatorKill,
     NewLeader,
+    ApiDown,
     CliKill,
     DeveloperHangs,
     MirrorStalls,
@@ -48,10 +49,11 @@ enum Fault {
 }
 
 impl Fault {
-    const ALL: [Fault; 8] = [
+    const ALL: [Fault; 9] = [
         Fault::SidecarKill,
         Fault::OperatorKill,
         Fault::NewLeader,
+        Fault::ApiDown,
         Fault::CliKill,
         Fault::DeveloperHangs,
         Fault::MirrorStalls,
@@ -64,6 +66,7 @@ impl Fault {
             Fault::SidecarKill => "sidecar `kill -9` in one pod",
             Fault::OperatorKill => "operator `kill -9` (kubelet restarts it)",
             Fault::NewLeader => "operator leader's pod deleted (2 replicas: the standby leads)",
+            Fault::ApiDown => "kube API unavailable for 10 s",
             Fault::CliKill => "alice's CLI `kill -9`",
             Fault::DeveloperHangs => "bob's local server hangs",
             Fault::MirrorStalls => "a mirror consumer (carol) stalls",
@@ -270,6 +273,12 @@ async fn one(shunt: &Path, options: &Options, fault: Fault) -> Result<Row> {
             note = format!("pod {}", pod["metadata"]["name"].as_str().unwrap_or("?"));
         }
         Fault::OperatorKill => stack.kill_operator().await?,
+        Fault::ApiDown => {
+            stack.cluster.set_api_down(true);
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            stack.cluster.set_api_down(false);
+            note = "every API connection cut, new ones refused, for 10 s (tunnels go through it)".into();
+        }
         Fault::NewLeader => {
             let leader = stack.operator_pod().await?;
             let name = leader["metadata"]["name"].as_str().unwrap_or_default().to_owned();

@@ -211,12 +211,20 @@ async fn forward(api: &Api, user: &User, svc: &Value, mut req: Request<Incoming>
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_side) = client_side {
             let server_side = hyper::upgrade::on(&mut resp);
+            // An API outage (Cluster::set_api_down) cuts upgraded streams too.
+            let mut outage = api.outage.subscribe();
             tokio::spawn(async move {
-                match tokio::try_join!(client_side, server_side) {
-                    Ok((a, b)) => {
-                        let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(b)).await;
+                let pipe = async move {
+                    match tokio::try_join!(client_side, server_side) {
+                        Ok((a, b)) => {
+                            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(b)).await;
+                        }
+                        Err(e) => tracing::debug!(error = %e, "upgrade through the aggregator failed"),
                     }
-                    Err(e) => tracing::debug!(error = %e, "upgrade through the aggregator failed"),
+                };
+                tokio::select! {
+                    () = pipe => {}
+                    _ = outage.wait_for(|down| *down) => {}
                 }
             });
         }

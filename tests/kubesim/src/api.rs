@@ -92,6 +92,9 @@ pub struct Api {
     pub pod_logs: OnceLock<Arc<dyn PodLogs>>,
     /// Service-account tokens.
     pub tokens: crate::auth::tokens::Tokens,
+    /// True while the API server is "down" ([`crate::Cluster::set_api_down`]): every
+    /// connection is cut and new ones are closed at once.
+    pub outage: tokio::sync::watch::Sender<bool>,
 }
 
 fn map_store(e: StoreError, rt: &ResourceType, name: &str) -> ApiError {
@@ -128,6 +131,7 @@ impl Api {
             service_ips,
             pod_logs: OnceLock::new(),
             tokens: crate::auth::tokens::Tokens::default(),
+            outage: tokio::sync::watch::Sender::new(false),
         })
     }
 

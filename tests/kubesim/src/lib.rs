@@ -130,6 +130,13 @@ impl Cluster {
         self.net.shutdown();
     }
 
+    /// Takes the API server down (every client connection is cut, new ones are closed at
+    /// once, as when kube-apiserver restarts) or brings it back. Controllers, the kubelet
+    /// and running pods go on, as a node's kubelet keeps containers running.
+    pub fn set_api_down(&self, down: bool) {
+        self.api.outage.send_replace(down);
+    }
+
     /// The API server URL.
     pub fn url(&self) -> String {
         format!("https://{}", self.addr)

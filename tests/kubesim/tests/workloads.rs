@@ -565,3 +565,23 @@ async fn env_volumes_init_containers_and_logs() {
     assert_eq!(replicas, [0, 2]);
     cluster.shutdown().await;
 }
+
+/// `Cluster::set_api_down`: clients are cut and refused while the API server is down,
+/// running pods go on, and everything answers again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_can_be_taken_down_and_brought_back() {
+    let cluster = Cluster::start(options(Network::Loopback)).await.unwrap();
+    let client = admin(&cluster).await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    assert!(namespaces.list(&Default::default()).await.is_ok());
+    cluster.set_api_down(true);
+    let down = tokio::time::timeout(std::time::Duration::from_secs(10), namespaces.list(&Default::default()))
+        .await
+        .expect("a request to a down API server must fail at once, not hang");
+    assert!(down.is_err(), "the API answered while down");
+    cluster.set_api_down(false);
+    eventually("the API to answer again", || async {
+        namespaces.list(&Default::default()).await.ok()
+    })
+    .await;
+}

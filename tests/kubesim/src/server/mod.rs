@@ -75,21 +75,35 @@ pub async fn serve(api: Arc<Api>, listener: TcpListener, tls: Arc<rustls::Server
         let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
+        if *api.outage.borrow() {
+            // "Down": the connection is closed before a byte is read.
+            drop(stream);
+            continue;
+        }
         let (api, acceptor) = (api.clone(), acceptor.clone());
         tokio::spawn(async move {
-            let Ok(tls) = acceptor.accept(stream).await else { return };
-            let cert_user = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| user_from_cert(c.as_ref()));
-            let service = service_fn(move |req| handle(api.clone(), cert_user.clone(), peer, req));
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(tls), service)
-                .await;
+            let mut outage = api.outage.subscribe();
+            tokio::select! {
+                () = serve_connection(api, acceptor, stream, peer) => {}
+                // Cut like a crashed API server: no response, no graceful close.
+                _ = outage.wait_for(|down| *down) => {}
+            }
         });
     }
+}
+
+async fn serve_connection(api: Arc<Api>, acceptor: TlsAcceptor, stream: tokio::net::TcpStream, peer: SocketAddr) {
+    let Ok(tls) = acceptor.accept(stream).await else { return };
+    let cert_user = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| user_from_cert(c.as_ref()));
+    let service = service_fn(move |req| handle(api.clone(), cert_user.clone(), peer, req));
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection_with_upgrades(TokioIo::new(tls), service)
+        .await;
 }
 
 /// CN = user, O = groups (how kube-apiserver reads client certificates).
