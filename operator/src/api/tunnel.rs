@@ -206,7 +206,7 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
 
 /// A WebSocket as a byte stream: each write is one binary message, reads return the
 /// payloads of binary messages in order; a Close (or the end of the socket) is EOF.
-/// (The CLI has its own copy of this small adapter: `proto` does no I/O.)
+/// The CLI uses it too, at its end of the tunnel (`shunt_cli::tunnel`).
 pub struct WsIo<S> {
     ws: WebSocketStream<S>,
     pending: Bytes,
