@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
@@ -121,17 +120,7 @@ async fn connection(settings: &HubSettings, metrics: &Metrics) -> Result<(), Hub
         .map_err(|e| connect_err(format!("reverse request: {e}")))?;
     let resp = sender.send_request(req).await.map_err(|e| connect_err(e.to_string()))?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        let status = resp.status();
-        let body = tokio::time::timeout(CONNECT_TIMEOUT, resp.into_body().collect()).await;
-        let text = match body {
-            Ok(Ok(b)) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
-            _ => String::new(),
-        };
-        let message = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v["message"].as_str().map(str::to_owned))
-            .unwrap_or(text);
-        return Err(HubError::Refused { status, message });
+        return Err(crate::hub::conn::refusal(resp).await);
     }
     let upgraded = hyper::upgrade::on(resp)
         .await

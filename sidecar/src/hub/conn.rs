@@ -156,17 +156,7 @@ pub(super) async fn session(
         .map_err(|e| connect_err(format!("routes request: {e}")))?;
     let resp = sender.send_request(req).await.map_err(|e| connect_err(e.to_string()))?;
     if resp.status() != StatusCode::OK {
-        let status = resp.status();
-        let body = tokio::time::timeout(CONNECT_TIMEOUT, resp.into_body().collect()).await;
-        let text = match body {
-            Ok(Ok(b)) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
-            _ => String::new(),
-        };
-        let message = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v["message"].as_str().map(str::to_owned))
-            .unwrap_or(text);
-        return Err(HubError::Refused { status, message });
+        return Err(refusal(resp).await);
     }
     tracing::info!(hub.addr = %settings.addr, "routes watch open");
     link.set(Some(sender));
@@ -240,6 +230,22 @@ fn publish(line: &[u8], app_ports: &[u16], metrics: &Metrics, tx: &watch::Sender
         .inc();
     metrics.routes.set(set.routes().len() as i64);
     tx.send_replace(Arc::new(Table::new(set, metrics)));
+}
+
+/// The operator's refusal of a hub request: its status and the `message` of its Status
+/// body (or the body's text).
+pub(crate) async fn refusal(resp: http::Response<hyper::body::Incoming>) -> HubError {
+    let status = resp.status();
+    let body = tokio::time::timeout(CONNECT_TIMEOUT, resp.into_body().collect()).await;
+    let text = match body {
+        Ok(Ok(b)) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
+        _ => String::new(),
+    };
+    let message = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_owned))
+        .unwrap_or(text);
+    HubError::Refused { status, message }
 }
 
 #[cfg(test)]
