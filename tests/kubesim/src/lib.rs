@@ -172,6 +172,38 @@ impl Cluster {
         Ok(())
     }
 
+    /// Issues a token of service account `namespace/service_account` for `audiences`,
+    /// bound to `pod` if given, valid for `lifetime` — what TokenRequest issues, except
+    /// that any lifetime goes: TokenRequest refuses less than 10 minutes, as
+    /// kube-apiserver does, but tests need tokens that expire while they watch, or that
+    /// have expired already (`Duration::ZERO`).
+    pub fn issue_token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        pod: Option<&str>,
+        audiences: &[&str],
+        lifetime: std::time::Duration,
+    ) -> anyhow::Result<String> {
+        let uid = |resource: &str, name: &str| {
+            let key = (String::new(), resource.to_owned());
+            let obj = self.api.store.get(&key, namespace, name);
+            let obj = obj.ok_or_else(|| anyhow::anyhow!("{resource} {namespace}/{name} does not exist"))?;
+            Ok::<_, anyhow::Error>(obj["metadata"]["uid"].as_str().unwrap_or_default().to_owned())
+        };
+        let info = auth::tokens::TokenInfo {
+            namespace: namespace.to_owned(),
+            service_account: service_account.to_owned(),
+            sa_uid: uid("serviceaccounts", service_account)?,
+            audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
+            expires: std::time::SystemTime::now(),
+            pod: pod
+                .map(|p| Ok::<_, anyhow::Error>((p.to_owned(), uid("pods", p)?)))
+                .transpose()?,
+        };
+        Ok(self.api.tokens.issue(info, lifetime).0)
+    }
+
     /// The admin kubeconfig (`kubesim-admin` in `system:masters`).
     pub fn admin_kubeconfig(&self) -> anyhow::Result<Value> {
         self.kubeconfig("kubesim-admin", &["system:masters"])

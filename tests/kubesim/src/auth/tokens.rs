@@ -1,6 +1,9 @@
 //! Service-account tokens: issued through the TokenRequest subresource (with audiences,
-//! an expiry and an optional bound pod) and answered by TokenReview. Tokens are opaque
-//! random strings kept in memory: what matters to clients is the review's answer.
+//! an expiry and an optional bound pod) and answered by TokenReview. Tokens have the shape
+//! of kube-apiserver's (a JWT whose claims say who, for whom and until when, so clients
+//! that read `exp` to plan a renewal or a re-review work as on a cluster); the signature
+//! is random and nothing here verifies it: a token is valid because it is kept in memory,
+//! and what matters to clients is the review's answer.
 //!
 //! A token stays known after it expires or its pod is deleted, so a review can say
 //! *why* it no longer authenticates, with kube-apiserver's words.
@@ -9,7 +12,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+use base64::Engine;
 use rand::Rng;
+use serde_json::json;
 
 /// What a token stands for.
 #[derive(Clone, Debug)]
@@ -79,10 +84,9 @@ const REMEMBER_DEAD: Duration = Duration::from_secs(3600);
 impl Tokens {
     /// Issues a token valid for `lifetime`.
     pub fn issue(&self, mut info: TokenInfo, lifetime: Duration) -> (String, SystemTime) {
-        let raw: [u8; 32] = rand::rng().random();
-        let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
         let now = SystemTime::now();
         info.expires = now + lifetime;
+        let token = jwt(&info, now);
         let expires = info.expires;
         let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         // Forget tokens long dead, so a long-running cluster does not grow without bound.
@@ -118,6 +122,36 @@ impl Tokens {
             }
         }
     }
+}
+
+/// A token shaped like kube-apiserver's: `header.claims.signature`, base64url without
+/// padding, with the claims of a projected service-account token and a random signature.
+fn jwt(info: &TokenInfo, issued: SystemTime) -> String {
+    let seconds = |t: SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut kubernetes = json!({
+        "namespace": info.namespace,
+        "serviceaccount": {"name": info.service_account, "uid": info.sa_uid},
+    });
+    if let Some((name, uid)) = &info.pod {
+        kubernetes["pod"] = json!({"name": name, "uid": uid});
+    }
+    let claims = json!({
+        "aud": info.audiences,
+        "exp": seconds(info.expires),
+        "iat": seconds(issued),
+        "nbf": seconds(issued),
+        "iss": crate::server::API_AUDIENCE,
+        "sub": format!("system:serviceaccount:{}:{}", info.namespace, info.service_account),
+        "kubernetes.io": kubernetes,
+    });
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let signature: [u8; 32] = rand::rng().random();
+    format!(
+        "{}.{}.{}",
+        b64(br#"{"alg":"RS256","kid":"kubesim"}"#),
+        b64(claims.to_string().as_bytes()),
+        b64(&signature)
+    )
 }
 
 /// `["a" "b"]`: a string list the way Go's `%q` prints it (kube-apiserver's messages).
@@ -189,6 +223,14 @@ mod tests {
         let (live, _) = tokens.issue(info(Some(("p", "pod-uid"))), Duration::from_secs(600));
         let (expired, _) = tokens.issue(info(None), Duration::ZERO);
         assert_eq!(tokens.check(&live).unwrap().service_account, "web");
+        let claims = live.split('.').nth(1).unwrap();
+        let claims: serde_json::Value =
+            serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(claims).unwrap()).unwrap();
+        let exp = claims["exp"].as_u64().unwrap();
+        let in_ten_minutes = SystemTime::now() + Duration::from_secs(600);
+        let expected = in_ten_minutes.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        assert!(exp.abs_diff(expected) <= 2, "exp {exp}, expected about {expected}");
+        assert_eq!(claims["kubernetes.io"]["pod"]["name"], "p");
         assert_eq!(tokens.check(&expired).unwrap_err(), TokenError::Expired);
         assert_eq!(tokens.check("nope").unwrap_err(), TokenError::Unknown);
         tokens.revoke_pod("pod-uid");
