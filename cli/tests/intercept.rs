@@ -6,168 +6,50 @@
 //! witness and exit code 1; Ctrl-C (SIGINT) deletes the session.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+#[path = "../../operator/tests/support/mod.rs"]
+mod support;
+
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::Client;
-use kubesim::{Cluster, Options};
+use kubesim::Cluster;
 use serde_json::{json, Value};
-use shunt_operator::api::{self, auth::FrontProxy, AppState};
-use shunt_operator::hub::HubState;
-use shunt_operator::lifecycle::Events;
-use shunt_operator::registry::Registry;
-use shunt_operator::tunnel::{Body, Tunnels};
+use shunt_operator::api::AppState;
+use shunt_operator::tunnel::Body;
+use support::{poll, Operator, Setup};
 use tokio::io::AsyncBufReadExt;
 use tokio::net::TcpListener;
 
 const NS: &str = "shop";
 
-async fn client(cluster: &Cluster, user: &str, groups: &[&str]) -> Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let kubeconfig: Kubeconfig = serde_json::from_value(cluster.kubeconfig(user, groups).unwrap()).unwrap();
-    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    config.default_retry = false;
-    Client::try_from(config).unwrap()
-}
-
-async fn request(client: &Client, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", "application/json")
-        .body(body.map_or_else(Vec::new, |b| b.to_string().into_bytes()))
-        .unwrap();
-    let resp = client.send(req.map(Into::into)).await.unwrap();
-    let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or_else(|_| json!(String::from_utf8_lossy(&bytes))),
-    )
-}
-
-async fn create(client: &Client, path: &str, obj: Value) {
-    let (status, body) = request(client, "POST", path, Some(obj)).await;
-    assert!(status < 300, "creating at {path} failed: {body}");
-}
-
-async fn poll<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// kubesim + the operator's API server as `v1.api.shunt.dev` + Deployment `shop/api` +
-/// RBAC for alice and bob (sessions, their tunnel, `steal` on targets, reading
-/// services and deployments for the `curl` example).
+/// [`Operator`] with Deployment `shop/api` (container port 8080), Service `shop/api`
+/// (80 → 8080) and RBAC for alice and bob (sessions, their tunnel, `steal` on targets,
+/// reading services and deployments for the `curl` example).
 async fn setup() -> (Cluster, Arc<AppState>) {
-    let cluster = Cluster::start(Options::default()).await.unwrap();
-    let admin = client(&cluster, "kubesim-admin", &["system:masters"]).await;
-    let trust = FrontProxy::load(admin.clone()).await.unwrap();
-    let ca = kubesim::pki::Ca::new("shunt-api-ca").unwrap();
-    let cert = ca.server(&["shunt-api.shunt-system.svc".into()], &[]).unwrap();
-    let tls = trust
-        .server_tls(cert.cert_pem.as_bytes(), cert.key_pem.as_bytes())
-        .unwrap();
-    let state = Arc::new(AppState {
-        registry: Registry::default(),
-        tunnels: Tunnels::default(),
-        client: admin.clone(),
-        trust,
-        hub: HubState::default(),
-        events: Events::new(admin.clone(), None),
-    });
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(api::serve(
-        listener,
-        tls,
-        api::router(state.clone()),
-        std::future::pending(),
-        Duration::from_secs(1),
-    ));
-    for ns in ["shunt-system", NS] {
-        create(&admin, "/api/v1/namespaces", json!({"metadata": {"name": ns}})).await;
-    }
-    let svc = json!({"metadata": {"name": "shunt-api"}, "spec": {"ports": [{"port": 443, "targetPort": addr.port()}]}});
-    create(&admin, "/api/v1/namespaces/shunt-system/services", svc).await;
-    let endpoints = json!({"metadata": {"name": "shunt-api"}, "subsets": [{"addresses": [{"ip": "127.0.0.1"}], "ports": [{"port": addr.port()}]}]});
-    create(&admin, "/api/v1/namespaces/shunt-system/endpoints", endpoints).await;
-    let api_service = json!({
-        "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService", "metadata": {"name": "v1.api.shunt.dev"},
-        "spec": {"group": "api.shunt.dev", "version": "v1", "groupPriorityMinimum": 1000, "versionPriority": 15,
-            "service": {"namespace": "shunt-system", "name": "shunt-api", "port": 443},
-            "caBundle": base64::engine::general_purpose::STANDARD.encode(&ca.cert_pem)},
-    });
-    create(&admin, "/apis/apiregistration.k8s.io/v1/apiservices", api_service).await;
-    poll("the APIService to become Available", async || {
-        let (_, svc) = request(
-            &admin,
-            "GET",
-            "/apis/apiregistration.k8s.io/v1/apiservices/v1.api.shunt.dev",
-            None,
-        )
-        .await;
-        let conditions = svc["status"]["conditions"].as_array().cloned().unwrap_or_default();
-        conditions
-            .iter()
-            .any(|c| c["type"] == "Available" && c["status"] == "True")
-            .then_some(())
+    let env = Operator::start(Setup {
+        namespaces: &[(NS, json!({}))],
+        policies: false,
     })
     .await;
-    let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "api"}, "spec": {
-        "replicas": 1, "selector": {"matchLabels": {"app": "api"}},
-        "template": {"metadata": {"labels": {"app": "api"}}, "spec": {"terminationGracePeriodSeconds": 1,
-            "containers": [{"name": "echo", "image": "kubesim/echo", "ports": [{"containerPort": 8080}]}]}}}});
-    create(
-        &admin,
-        &format!("/apis/apps/v1/namespaces/{NS}/deployments"),
-        deployment,
-    )
-    .await;
+    env.deployment(NS, "api", json!({}), &[8080]).await;
     let service = json!({"metadata": {"name": "api"}, "spec": {"selector": {"app": "api"}, "ports": [{"port": 80, "targetPort": 8080}]}});
-    create(&admin, &format!("/api/v1/namespaces/{NS}/services"), service).await;
-    let role = json!({"metadata": {"name": "shunt-dev"}, "rules": [
+    support::create(&env.admin, &format!("/api/v1/namespaces/{NS}/services"), service).await;
+    let rules = json!([
         {"apiGroups": ["api.shunt.dev"], "resources": ["sessions", "targets"], "verbs": ["create", "get", "list", "watch", "delete"]},
         {"apiGroups": ["api.shunt.dev"], "resources": ["sessions/tunnel"], "verbs": ["get", "create"]},
         {"apiGroups": ["api.shunt.dev"], "resources": ["targets"], "verbs": ["steal", "mirror"]},
         {"apiGroups": ["", "apps"], "resources": ["services", "deployments"], "verbs": ["get", "list"]},
-    ]});
-    create(
-        &admin,
-        &format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{NS}/roles"),
-        role,
-    )
-    .await;
-    let subjects: Vec<Value> = ["alice", "bob"]
-        .iter()
-        .map(|u| json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": u}))
-        .collect();
-    let binding = json!({"metadata": {"name": "devs"}, "subjects": subjects,
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "shunt-dev"}});
-    create(
-        &admin,
-        &format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{NS}/rolebindings"),
-        binding,
-    )
-    .await;
-    (cluster, state)
+    ]);
+    env.role(NS, "shunt-dev", rules).await;
+    env.bind(NS, "devs", "Role", "shunt-dev", &["alice", "bob"]).await;
+    (env.cluster, env.state)
 }
 
 /// Alice's app: answers with what it received, as JSON.

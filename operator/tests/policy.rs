@@ -6,84 +6,13 @@
 //! loosens enforcement and adding one ends a session it forbids.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod support;
 
-use base64::Engine;
-use http_body_util::BodyExt;
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use std::path::PathBuf;
+
 use kube::Client;
-use kubesim::{Cluster, Options};
 use serde_json::{json, Value};
-use shunt_operator::api::{self, auth::FrontProxy, AppState};
-use shunt_operator::hub::HubState;
-use shunt_operator::lifecycle::Events;
-use shunt_operator::policy::{Controller, Policies};
-use shunt_operator::registry::Registry;
-use shunt_operator::tunnel::Tunnels;
-
-async fn client(cluster: &Cluster, user: &str, groups: &[&str]) -> Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let kubeconfig: Kubeconfig = serde_json::from_value(cluster.kubeconfig(user, groups).unwrap()).unwrap();
-    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    config.default_retry = false;
-    Client::try_from(config).unwrap()
-}
-
-async fn request(client: &Client, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", "application/json")
-        .body(body.map_or_else(Vec::new, |b| b.to_string().into_bytes()))
-        .unwrap();
-    let resp = client.send(req.map(Into::into)).await.unwrap();
-    let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or_else(|_| json!(String::from_utf8_lossy(&bytes))),
-    )
-}
-
-async fn create(client: &Client, path: &str, obj: Value) {
-    let (status, body) = request(client, "POST", path, Some(obj)).await;
-    assert!(status < 300, "creating at {path} failed: {body}");
-}
-
-async fn poll<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Runs the real kubectl (off the runtime: kubesim serves it from this test's runtime).
-async fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
-    let mut cmd = std::process::Command::new("kubectl");
-    cmd.arg("--kubeconfig").arg(kubeconfig).args(args);
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .unwrap()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
-}
+use support::{client, kubectl, poll, repo, request, sessions, Operator, Setup};
 
 fn example(name: &str) -> String {
     repo(&format!("operator/tests/policies/{name}.yaml"))
@@ -92,89 +21,17 @@ fn example(name: &str) -> String {
 }
 
 struct Env {
-    cluster: Cluster,
-    admin: Client,
-    registry: Registry,
+    operator: Operator,
     kubeconfig: PathBuf,
 }
 
-/// kubesim with namespaces `shop` (env=staging; Deployments `payments-api`, tier=prod,
-/// and `api`) and `team-a` (Deployment `web`); alice and bob may steal, mirror and review
-/// policies in both; the operator's API server with the policy controller.
+/// [`Operator`] with the policy controller and namespaces `shop` (env=staging;
+/// Deployments `payments-api`, tier=prod, and `api`) and `team-a` (Deployment `web`);
+/// alice and bob may steal, mirror and review policies in both.
 async fn setup() -> Env {
-    let cluster = Cluster::start(Options::default()).await.unwrap();
-    let admin = client(&cluster, "kubesim-admin", &["system:masters"]).await;
-    let registry = Registry::default();
-    let trust = FrontProxy::load(admin.clone()).await.unwrap();
-    let ca = kubesim::pki::Ca::new("shunt-api-ca").unwrap();
-    let cert = ca.server(&["shunt-api.shunt-system.svc".into()], &[]).unwrap();
-    let tls = trust
-        .server_tls(cert.cert_pem.as_bytes(), cert.key_pem.as_bytes())
-        .unwrap();
-    let (tunnels, events) = (Tunnels::default(), Events::new(admin.clone(), None));
-    let state = Arc::new(AppState {
-        registry: registry.clone(),
-        tunnels: tunnels.clone(),
-        client: admin.clone(),
-        trust,
-        hub: HubState::default(),
-        events: events.clone(),
-    });
-    let policies = Policies::default();
-    tokio::spawn(
-        Controller {
-            client: admin.clone(),
-            policies: policies.clone(),
-            registry: registry.clone(),
-            tunnels,
-            events,
-            interval: Duration::from_millis(300),
-        }
-        .run(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let router = api::router(state).layer(axum::Extension(policies));
-    tokio::spawn(api::serve(
-        listener,
-        tls,
-        router,
-        std::future::pending(),
-        Duration::from_secs(1),
-    ));
-
-    let namespaces = [
-        ("shunt-system", json!({})),
-        ("shop", json!({"env": "staging"})),
-        ("team-a", json!({})),
-    ];
-    for (ns, labels) in namespaces {
-        create(
-            &admin,
-            "/api/v1/namespaces",
-            json!({"metadata": {"name": ns, "labels": labels}}),
-        )
-        .await;
-    }
-    let svc = json!({"metadata": {"name": "shunt-api"}, "spec": {"ports": [{"port": 443, "targetPort": addr.port()}]}});
-    create(&admin, "/api/v1/namespaces/shunt-system/services", svc).await;
-    let endpoints = json!({"metadata": {"name": "shunt-api"}, "subsets": [{"addresses": [{"ip": "127.0.0.1"}], "ports": [{"port": addr.port()}]}]});
-    create(&admin, "/api/v1/namespaces/shunt-system/endpoints", endpoints).await;
-    let api_service = json!({
-        "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService", "metadata": {"name": "v1.api.shunt.dev"},
-        "spec": {"group": "api.shunt.dev", "version": "v1", "groupPriorityMinimum": 1000, "versionPriority": 15,
-            "service": {"namespace": "shunt-system", "name": "shunt-api", "port": 443},
-            "caBundle": base64::engine::general_purpose::STANDARD.encode(&ca.cert_pem)},
-    });
-    create(&admin, "/apis/apiregistration.k8s.io/v1/apiservices", api_service).await;
-    poll("the APIService to become Available", async || {
-        let path = "/apis/apiregistration.k8s.io/v1/apiservices/v1.api.shunt.dev";
-        let (_, svc) = request(&admin, "GET", path, None).await;
-        let conditions = svc["status"]["conditions"].as_array().cloned().unwrap_or_default();
-        conditions
-            .iter()
-            .any(|c| c["type"] == "Available" && c["status"] == "True")
-            .then_some(())
+    let operator = Operator::start(Setup {
+        namespaces: &[("shop", json!({"env": "staging"})), ("team-a", json!({}))],
+        policies: true,
     })
     .await;
     for (ns, name, tier) in [
@@ -182,80 +39,48 @@ async fn setup() -> Env {
         ("shop", "api", "dev"),
         ("team-a", "web", "dev"),
     ] {
-        let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": name, "labels": {"tier": tier}}, "spec": {
-            "replicas": 1, "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": {"labels": {"app": name}}, "spec": {"terminationGracePeriodSeconds": 1,
-                "containers": [{"name": "echo", "image": "kubesim/echo"}]}}}});
-        create(
-            &admin,
-            &format!("/apis/apps/v1/namespaces/{ns}/deployments"),
-            deployment,
-        )
-        .await;
-        let role = json!({"metadata": {"name": "shunt-dev"}, "rules": [
-            {"apiGroups": ["api.shunt.dev"], "resources": ["sessions", "targets"], "verbs": ["create", "get", "list", "watch", "delete"]},
-            {"apiGroups": ["api.shunt.dev"], "resources": ["targets"], "verbs": ["steal", "mirror", "steal-unfiltered"]}]});
-        let binding = json!({"metadata": {"name": "devs"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "shunt-dev"},
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"},
-                         {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "bob"}]});
+        operator.deployment(ns, name, json!({"tier": tier}), &[]).await;
         if name != "api" {
-            create(
-                &admin,
-                &format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles"),
-                role,
-            )
-            .await;
-            create(
-                &admin,
-                &format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings"),
-                binding,
-            )
-            .await;
+            let rules = json!([
+                {"apiGroups": ["api.shunt.dev"], "resources": ["sessions", "targets"], "verbs": ["create", "get", "list", "watch", "delete"]},
+                {"apiGroups": ["api.shunt.dev"], "resources": ["targets"], "verbs": ["steal", "mirror", "steal-unfiltered"]}]);
+            operator.role(ns, "shunt-dev", rules).await;
+            operator.bind(ns, "devs", "Role", "shunt-dev", &["alice", "bob"]).await;
         }
     }
     // policyreviews are namespaced: a ClusterRole bound in a namespace lets alice ask there
     // and in team-a (where a 400 for the wrong namespace is checked).
     let reviewers = json!({"metadata": {"name": "shunt-policyreviews"}, "rules": [
         {"apiGroups": ["api.shunt.dev"], "resources": ["policyreviews"], "verbs": ["create"]}]});
-    create(&admin, "/apis/rbac.authorization.k8s.io/v1/clusterroles", reviewers).await;
+    support::create(
+        &operator.admin,
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+        reviewers,
+    )
+    .await;
     for ns in ["shop", "team-a"] {
-        let binding = json!({"metadata": {"name": "shunt-policyreviews"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "shunt-policyreviews"},
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}]});
-        create(
-            &admin,
-            &format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings"),
-            binding,
-        )
-        .await;
+        operator
+            .bind(
+                ns,
+                "shunt-policyreviews",
+                "ClusterRole",
+                "shunt-policyreviews",
+                &["alice"],
+            )
+            .await;
     }
 
     let kubeconfig = std::env::temp_dir().join(format!("shunt-policy-test-{}.json", std::process::id()));
     std::fs::write(
         &kubeconfig,
-        serde_json::to_string(&cluster.admin_kubeconfig().unwrap()).unwrap(),
+        serde_json::to_string(&operator.cluster.admin_kubeconfig().unwrap()).unwrap(),
     )
     .unwrap();
-    Env {
-        cluster,
-        admin,
-        registry,
-        kubeconfig,
-    }
+    Env { operator, kubeconfig }
 }
 
 fn session(target: &str, mode: &str, filter: Option<&str>, port: u16) -> Value {
-    let mut spec = json!({"target": target, "mode": mode, "ports": [{"port": port}]});
-    if let Some(f) = filter {
-        spec["filter"] = json!(f);
-    }
-    json!({"apiVersion": "api.shunt.dev/v1", "kind": "Session", "metadata": {"generateName": "s-"}, "spec": spec})
-}
-
-fn sessions(ns: &str) -> String {
-    format!("/apis/api.shunt.dev/v1/namespaces/{ns}/sessions")
+    support::session("s-", target, mode, filter, port)
 }
 
 /// Opens a session; asserts it is denied by `denied = (policy, rule)` or allowed (its name).
@@ -281,7 +106,7 @@ async fn open(who: &Client, ns: &str, body: Value, denied: Option<(&str, &str)>)
 async fn ready(env: &Env, plural: &str, path: &str) -> Value {
     poll(&format!("{path} to report Ready"), async || {
         let (_, obj) = request(
-            &env.admin,
+            &env.operator.admin,
             "GET",
             &format!("/apis/policy.shunt.dev/v1alpha1/{path}"),
             None,
@@ -351,8 +176,8 @@ async fn policies_from_git_are_enforced_explained_and_reported() {
     );
 
     // prod-guard (tier=prod in env=staging namespaces) and identity, rule by rule.
-    let alice = client(&env.cluster, "alice", &[]).await;
-    let bob = client(&env.cluster, "bob", &[]).await;
+    let alice = client(&env.operator.cluster, "alice", &[]).await;
+    let bob = client(&env.operator.cluster, "bob", &[]).await;
     let pay = "deployment/payments-api";
     let guard = "ClusterShuntPolicy prod-guard";
     open(
@@ -438,7 +263,7 @@ async fn policies_from_git_are_enforced_explained_and_reported() {
     let (ok, out) = kubectl(kc, &["apply", "-f", &example("short-sessions")]).await;
     assert!(ok, "{out}");
     poll("bob's session to end after maxSessionDuration", async || {
-        env.registry.get("team-a", &web).is_none().then_some(())
+        env.operator.registry().get("team-a", &web).is_none().then_some(())
     })
     .await;
     let (status, gone) = request(&bob, "GET", &format!("{}/{web}", sessions("team-a")), None).await;
@@ -503,11 +328,17 @@ async fn policies_from_git_are_enforced_explained_and_reported() {
     let (ok, out) = kubectl(kc, &["apply", "-f", &example("identity")]).await;
     assert!(ok, "{out}");
     poll("the forbidden session to end", async || {
-        env.registry.get("shop", &loose).is_none().then_some(())
+        env.operator.registry().get("shop", &loose).is_none().then_some(())
     })
     .await;
     let note = poll("the SessionEnded event", async || {
-        let (_, list) = request(&env.admin, "GET", "/apis/events.k8s.io/v1/namespaces/shop/events", None).await;
+        let (_, list) = request(
+            &env.operator.admin,
+            "GET",
+            "/apis/events.k8s.io/v1/namespaces/shop/events",
+            None,
+        )
+        .await;
         list["items"].as_array()?.iter().find_map(|e| {
             let note = e["note"].as_str()?;
             (e["reason"] == "SessionEnded" && note.contains(&loose)).then(|| note.to_owned())
