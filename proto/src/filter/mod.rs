@@ -26,9 +26,11 @@
 //!
 //! This module owns the public types; `syntax` parses and prints the text form,
 //! `serde_form` the JSON form, `compile` builds the automata and matches, `overlap`
-//! intersects automata.
+//! intersects automata, `index` checks one filter against many without comparing
+//! every pair.
 
 mod compile;
+mod index;
 mod overlap;
 #[cfg(test)]
 mod proptests;
@@ -41,6 +43,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
+pub use index::DisjointIndex;
 pub use overlap::{overlap, Witness};
 
 /// Matchers (atoms) one filter may contain; bounds the work of compiling it, which

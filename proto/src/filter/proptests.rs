@@ -112,6 +112,30 @@ proptest! {
     }
 
     #[test]
+    fn the_index_finds_an_overlap_exactly_when_some_held_filter_overlaps(
+        held in prop::collection::vec(filter(), 0..12),
+        removed in prop::collection::vec(any::<bool>(), 12),
+        new in filter(),
+    ) {
+        let mut index = DisjointIndex::new();
+        for (i, f) in held.iter().enumerate() {
+            index.insert(i, f.clone());
+        }
+        for (i, gone) in removed.iter().enumerate().take(held.len()) {
+            if *gone {
+                prop_assert!(index.remove(&i).is_some());
+            }
+        }
+        let naive = held
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !removed[*i])
+            .find_map(|(i, f)| overlap(&new, f).map(|w| (i, w)));
+        let indexed = index.first_overlap(&new).map(|(i, w)| (*i, w));
+        prop_assert_eq!(indexed, naive);
+    }
+
+    #[test]
     fn parse_never_panics(text in any::<String>()) {
         let _ = Filter::parse(&text);
     }
