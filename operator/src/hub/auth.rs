@@ -7,9 +7,15 @@
 //! the sidecar names in `shunt-pod`, exist with that UID, not be terminating, and carry
 //! `shunt.dev/injected=true`. No shared secrets: a token taken from another pod names
 //! that other pod, and a pod that is not injected gets nothing.
+//!
+//! A connection lives no longer than its token: the routes watch asks TokenReview again
+//! just after the token's `exp` ([`next_review`]) and ends when the answer is no (see
+//! [`super::routes`]); the sidecar reconnects with the token the kubelet has rotated.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
 
+use base64::Engine;
 use http::{HeaderMap, StatusCode};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::core::v1::Pod;
@@ -61,15 +67,54 @@ pub fn pod_header(headers: &HeaderMap) -> Option<(String, String)> {
     (!ns.is_empty() && !name.is_empty() && !name.contains('/')).then(|| (ns.to_owned(), name.to_owned()))
 }
 
-/// Authenticates the routes watch request of a sidecar (see the module doc).
-pub async fn authenticate(kube: &kube::Client, headers: &HeaderMap) -> Result<PodIdentity, Denial> {
-    let token = headers
+/// The bearer token of a request.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| {
+}
+
+/// When `token` expires by its own word: the `exp` claim of a JWT, which every
+/// service-account token of kube-apiserver is. Read without verifying the signature, so
+/// it only plans when to ask TokenReview again ([`next_review`]); it never decides
+/// anything by itself. `None` for a token that is not a JWT or has no `exp`.
+pub fn token_expiry(token: &str) -> Option<SystemTime> {
+    let claims = token.split('.').nth(1)?;
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(claims.trim_end_matches('='))
+        .ok()?;
+    let exp = serde_json::from_slice::<serde_json::Value>(&claims).ok()?["exp"].as_u64()?;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(exp))
+}
+
+/// The longest a connection goes without a new TokenReview of its token, whatever the
+/// token says (tokens without `exp`; tokens invalidated early, e.g. their service account
+/// deleted). The pod itself is watched all the time.
+pub const REVIEW_EVERY: Duration = Duration::from_secs(600);
+/// `exp` counts whole seconds: the review waits this much past it.
+const EXPIRY_SLACK: Duration = Duration::from_secs(1);
+/// When to ask again after a review could not answer, or after a token outlived its `exp`
+/// (an authenticator that allows clock skew).
+pub const REVIEW_RETRY: Duration = Duration::from_secs(10);
+
+/// How long until the token of a connection is reviewed again: just after its expiry,
+/// at most [`REVIEW_EVERY`], and [`REVIEW_RETRY`] when the expiry is already past.
+pub fn next_review(expiry: Option<SystemTime>, now: SystemTime) -> Duration {
+    match expiry {
+        None => REVIEW_EVERY,
+        Some(expiry) => match (expiry + EXPIRY_SLACK).duration_since(now) {
+            Ok(left) if !left.is_zero() => left.min(REVIEW_EVERY),
+            _ => REVIEW_RETRY,
+        },
+    }
+}
+
+/// Authenticates the routes watch request of a sidecar (see the module doc).
+pub async fn authenticate(kube: &kube::Client, headers: &HeaderMap) -> Result<PodIdentity, Denial> {
+    let token = bearer(headers).ok_or_else(|| {
             deny(
                 StatusCode::UNAUTHORIZED,
                 "no_token",
@@ -229,6 +274,25 @@ mod tests {
         assert_eq!(reason(&pod(&[("app", "api")], false), "u1"), "not_injected");
         assert_eq!(reason(&pod(&[(LABEL_INJECTED, "true")], true), "u1"), "pod_gone");
         assert_eq!(reason(&pod(&[(LABEL_INJECTED, "true")], false), "u2"), "pod_gone");
+    }
+
+    #[test]
+    fn reviews_follow_the_tokens_expiry() {
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let jwt = |claims: &str| format!("{}.{}.sig", b64(r#"{"alg":"RS256"}"#), b64(claims));
+        let at = |secs: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        assert_eq!(token_expiry(&jwt(r#"{"exp":1700000000}"#)), Some(at(1_700_000_000)));
+        assert_eq!(token_expiry(&jwt(r#"{"sub":"x"}"#)), None);
+        assert_eq!(token_expiry("0123abcd"), None);
+        assert_eq!(token_expiry("a.!!!.c"), None);
+        let now = at(1_000);
+        assert_eq!(next_review(Some(at(1_030)), now), Duration::from_secs(31));
+        assert_eq!(next_review(Some(at(1_000 + 3_600)), now), REVIEW_EVERY);
+        assert_eq!(next_review(Some(at(900)), now), REVIEW_RETRY);
+        assert_eq!(next_review(None, now), REVIEW_EVERY);
+        let mut h = HeaderMap::new();
+        h.insert(http::header::AUTHORIZATION, "Bearer  t0k ".parse().unwrap());
+        assert_eq!(bearer(&h), Some("t0k"));
     }
 
     #[test]

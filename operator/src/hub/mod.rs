@@ -154,6 +154,8 @@ pub(crate) struct Conn {
     pub peer: SocketAddr,
     pub id: u64,
     pub pod: Mutex<Option<PodIdentity>>,
+    /// Relayed requests whose answer is not over yet (an expired watch waits for none).
+    pub relays: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Binds `config.listen` and serves sidecars until the future is dropped or fails.
@@ -253,6 +255,7 @@ where
         peer,
         id: ctx.state.conn_id(),
         pod: Mutex::new(None),
+        relays: Arc::default(),
     });
     let service = service_fn(move |req| {
         let (ctx, conn) = (ctx.clone(), conn.clone());

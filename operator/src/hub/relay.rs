@@ -9,6 +9,9 @@
 //! its app). No CLI connected → 503 with `shunt-unavailable: 1` and the body unread, so
 //! the sidecar can let the app serve the request.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -92,12 +95,21 @@ pub(crate) async fn relay(ctx: &Ctx, conn: &Conn, req: Request<Incoming>) -> Res
     // (its tunnel cut mid-request) is handed back like an unsent one: the sidecar kept a
     // copy and lets the app serve it, instead of failing the client.
     let replayable = req.method().is_safe() && hyper::body::Body::is_end_stream(req.body());
+    let in_flight = InFlight::enter(&conn.relays);
     let req = normalize(req).map(|b| b.map_err(Into::into).boxed());
     let span = tracing::debug_span!("relay", session.id = %session, pod.name = %pod.name);
     match tracing::Instrument::instrument(ctx.tunnels.forward(&pod.namespace, &session, req), span).await {
         Ok(resp) => {
             metrics.outcome("relayed");
-            resp.map(|b| b.map_err(Into::into).boxed())
+            // In flight until the answer's body is over (or dropped).
+            resp.map(|b| {
+                b.map_err(Into::into)
+                    .map_frame(move |frame| {
+                        let _in_flight = &in_flight;
+                        frame
+                    })
+                    .boxed()
+            })
         }
         Err(ForwardError::Unavailable(_unsent)) => unavailable(
             metrics,
@@ -119,6 +131,22 @@ pub(crate) async fn relay(ctx: &Ctx, conn: &Conn, req: Request<Incoming>) -> Res
                 &format!("the CLI of session {session:?} failed: {e}"),
             )
         }
+    }
+}
+
+/// One relayed request in a connection's count while it lives.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn enter(count: &Arc<AtomicUsize>) -> InFlight {
+        count.fetch_add(1, Ordering::Relaxed);
+        InFlight(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -349,6 +349,25 @@ impl RouteStream {
         .await
         .expect("a routes document within 5 s")
     }
+
+    /// Reads until the stream ends, for at most `timeout`: what it sent last (`None` if
+    /// it is still open). A reset stream counts as ended.
+    pub async fn ends_within(&mut self, timeout: Duration) -> Option<String> {
+        tokio::time::timeout(timeout, async {
+            loop {
+                match self.0.frame().await {
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            self.1.extend_from_slice(&data);
+                        }
+                    }
+                    Some(Err(_)) | None => return String::from_utf8(std::mem::take(&mut self.1)).unwrap(),
+                }
+            }
+        })
+        .await
+        .ok()
+    }
 }
 
 impl HubConn {
