@@ -130,11 +130,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route(
             &format!("{v1}/namespaces/{{ns}}/sessions/{{name}}"),
-            get(sessions::get).delete(sessions::delete),
+            get(sessions::get)
+                .delete(sessions::delete)
+                .put(sessions::immutable)
+                .patch(sessions::immutable),
         )
+        // GET is how the CLI (and kubectl-style clients) upgrade; some clients POST.
         .route(
             &format!("{v1}/namespaces/{{ns}}/sessions/{{name}}/tunnel"),
-            get(open_tunnel),
+            get(open_tunnel).post(open_tunnel),
         )
         .route(
             &format!("{v1}/namespaces/{{ns}}/policyreviews"),

@@ -345,6 +345,20 @@ pub async fn get(
     Ok(json_response(StatusCode::OK, &body))
 }
 
+/// `PUT`/`PATCH .../namespaces/{ns}/sessions/{name}`: 405, sessions never change. Their
+/// target, mode, filter and ports were checked when they were created (RBAC verb,
+/// policies, disjoint filters); a change would have to pass all of that again.
+pub async fn immutable(_caller: Caller, Path((_namespace, name)): Path<(String, String)>) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowed",
+        format!(
+            "sessions.{API_GROUP} {name:?} cannot be changed: its target, mode, filter and ports are fixed when it \
+             is created, where permissions, policies and conflicts are checked; delete the session and create a new one"
+        ),
+    )
+}
+
 /// `DELETE .../namespaces/{ns}/sessions/{name}`: the routes leave every sidecar.
 pub async fn delete(
     State(state): State<Arc<AppState>>,
