@@ -17,6 +17,7 @@ mod hub_support;
 mod support;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -134,6 +135,100 @@ async fn the_hub_refuses_an_expired_token_and_ends_a_watch_when_its_token_expire
     registry.delete("default", "alice").unwrap();
     assert_eq!(long_watch.next_line().await.trim(), r#"{"routes":[]}"#);
     assert!(state.is_connected("default", "api-0"));
+}
+
+/// A sidecar's reverse connection as the sidecar dials it (TLS with ALPN http/1.1, the
+/// upgrade, then the HTTP/2 server that would dial outbound connections): the upgrade's
+/// status, and while it lived the server's future.
+async fn reverse_connection(
+    hub: std::net::SocketAddr,
+    ca_pem: &str,
+    token: &str,
+) -> (u16, Option<tokio::task::JoinHandle<()>>) {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(hub).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("shunt-operator").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn.with_upgrades());
+    let req = http::Request::get("/hub/v1/reverse")
+        .header("host", "shunt-operator")
+        .header("connection", "Upgrade")
+        .header("upgrade", "shunt-reverse")
+        .header("authorization", format!("Bearer {token}"))
+        .header("shunt-pod", "default/api-0")
+        .body(Empty::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    if status != 101 {
+        return (status, None);
+    }
+    let upgraded = hyper::upgrade::on(resp).await.unwrap();
+    let service = hyper::service::service_fn(|_req: http::Request<Incoming>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(Empty::<Bytes>::new()))
+    });
+    let server = tokio::spawn(async move {
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(upgraded, service)
+            .await;
+    });
+    (status, Some(server))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reverse_connection_takes_no_outbound_traffic_once_its_token_expired() {
+    use hub_support::{eventually, start_hub, TestCluster, Tls};
+    let env = TestCluster::start().await;
+    let (registry, tunnels, state, tls) = (Registry::default(), Tunnels::default(), HubState::default(), Tls::new());
+    let (hub_addr, _hub) = start_hub(&tls, &registry, &tunnels, &env.client, &state).await;
+    let token = |lifetime: Duration| {
+        env.cluster
+            .issue_token("default", "api", Some("api-0"), &[SIDECAR_TOKEN_AUDIENCE], lifetime)
+            .unwrap()
+    };
+    let (status, _) = reverse_connection(hub_addr, &tls.ca_pem, &token(Duration::ZERO)).await;
+    assert_eq!(status, 401, "an expired token opens no reverse connection");
+
+    let issued = Instant::now();
+    let (status, server) = reverse_connection(hub_addr, &tls.ca_pem, &token(Duration::from_secs(3))).await;
+    assert_eq!(status, 101);
+    let server = server.unwrap();
+    eventually("the reverse connection to register", Duration::from_secs(5), || async {
+        state.reverse.is_connected("default", "api-0").then_some(())
+    })
+    .await;
+    eventually(
+        "the expired reverse connection to leave the registry",
+        Duration::from_secs(15),
+        || async { (!state.reverse.is_connected("default", "api-0")).then_some(()) },
+    )
+    .await;
+    assert!(
+        issued.elapsed() >= Duration::from_secs(3),
+        "retired before its token expired"
+    );
+    // Nothing was open on it, so it closes at once.
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the operator closes a retired reverse connection")
+        .unwrap();
+    assert!(refused_total(&state, "invalid_token") >= 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

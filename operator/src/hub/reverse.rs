@@ -4,6 +4,12 @@
 //! ([`authenticate`]: TokenReview of the pod-bound token, then the live injected pod);
 //! after the 101 the operator runs the HTTP/2 **client** on the upgraded stream and
 //! registers it in [`crate::outbound::Reverse`] until it closes.
+//!
+//! Like the routes watch, it lives no longer than its token: reviewed again just after
+//! the token's `exp` (see [`super::auth::next_review`]), a token that no longer
+//! authenticates takes the connection out of the registry, so no new outbound connection
+//! goes through it; the connections open on it finish, and then it closes (the sidecar
+//! dials a new one with its rotated token while outbound traffic is wanted).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +20,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use shunt_proto::hub::{REVERSE_PATH, REVERSE_UPGRADE};
 
-use super::auth::authenticate;
+use super::auth::{authenticate, bearer, next_review, token_expiry, REVIEW_RETRY};
 use super::{error, Ctx};
 use crate::tunnel::Body;
 
@@ -79,6 +85,7 @@ async fn upgrade(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Response<Body> {
             return error::status(denial.code, reason, &denial.message);
         }
     };
+    let credentials = credentials(req.headers());
     let on_upgrade = hyper::upgrade::on(&mut req);
     let span = tracing::info_span!("hub.reverse", pod.namespace = %identity.namespace, pod.name = %identity.name);
     tokio::spawn(tracing::Instrument::instrument(
@@ -102,7 +109,29 @@ async fn upgrade(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Response<Body> {
             let id = reverse.insert(&identity, sender);
             ctx.state.metrics().reverse_connected.inc();
             tracing::info!("sidecar reverse connection up");
-            match conn.await {
+            // Retired once its token no longer authenticates: out of the registry, which
+            // held its last sender, so it closes once its open connections have ended.
+            let mut registered = true;
+            let review = tokio::time::sleep_until(review_deadline(&credentials));
+            tokio::pin!(conn, review);
+            let result = loop {
+                tokio::select! {
+                    result = &mut conn => break result,
+                    () = &mut review, if registered => match authenticate(&ctx.kube, &credentials).await {
+                        Ok(_) => review.as_mut().reset(review_deadline(&credentials)),
+                        Err(denial) if denial.code == StatusCode::SERVICE_UNAVAILABLE => {
+                            review.as_mut().reset(tokio::time::Instant::now() + REVIEW_RETRY);
+                        }
+                        Err(denial) => {
+                            ctx.state.metrics().refused(denial.reason);
+                            tracing::info!(message = %denial.message, "the sidecar's token no longer authenticates; no new outbound connections on its reverse connection");
+                            reverse.remove(&identity.namespace, &identity.name, id);
+                            registered = false;
+                        }
+                    },
+                }
+            };
+            match result {
                 Ok(()) => tracing::info!("sidecar reverse connection closed"),
                 Err(error) => tracing::info!(%error, "sidecar reverse connection ended"),
             }
@@ -118,4 +147,24 @@ async fn upgrade(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Response<Body> {
     resp.headers_mut()
         .insert(header::UPGRADE, HeaderValue::from_static(REVERSE_UPGRADE));
     resp
+}
+
+/// The headers a token is reviewed with again: `Authorization` and `shunt-pod`.
+fn credentials(headers: &http::HeaderMap) -> http::HeaderMap {
+    let mut kept = http::HeaderMap::new();
+    for name in [
+        header::AUTHORIZATION,
+        http::HeaderName::from_static(shunt_proto::hub::HEADER_POD),
+    ] {
+        if let Some(value) = headers.get(&name) {
+            kept.insert(name, value.clone());
+        }
+    }
+    kept
+}
+
+/// When to review the token of `credentials` again.
+fn review_deadline(credentials: &http::HeaderMap) -> tokio::time::Instant {
+    let expiry = bearer(credentials).and_then(token_expiry);
+    tokio::time::Instant::now() + next_review(expiry, std::time::SystemTime::now())
 }
