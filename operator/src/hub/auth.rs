@@ -112,6 +112,24 @@ pub fn next_review(expiry: Option<SystemTime>, now: SystemTime) -> Duration {
     }
 }
 
+/// What a connection's token is reviewed with again later: the request's
+/// `Authorization` and `shunt-pod` headers.
+pub fn credentials(headers: &HeaderMap) -> HeaderMap {
+    let mut kept = HeaderMap::new();
+    for name in [http::header::AUTHORIZATION, http::HeaderName::from_static(HEADER_POD)] {
+        if let Some(value) = headers.get(&name) {
+            kept.insert(name, value.clone());
+        }
+    }
+    kept
+}
+
+/// When to review the token of `credentials` again ([`next_review`] from now).
+pub fn review_deadline(credentials: &HeaderMap) -> tokio::time::Instant {
+    let expiry = bearer(credentials).and_then(token_expiry);
+    tokio::time::Instant::now() + next_review(expiry, SystemTime::now())
+}
+
 /// Authenticates the routes watch request of a sidecar (see the module doc).
 pub async fn authenticate(kube: &kube::Client, headers: &HeaderMap) -> Result<PodIdentity, Denial> {
     let token = bearer(headers).ok_or_else(|| {

@@ -20,7 +20,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use shunt_proto::hub::{REVERSE_PATH, REVERSE_UPGRADE};
 
-use super::auth::{authenticate, bearer, next_review, token_expiry, REVIEW_RETRY};
+use super::auth::{authenticate, credentials, review_deadline, REVIEW_RETRY};
 use super::{error, Ctx};
 use crate::tunnel::Body;
 
@@ -147,24 +147,4 @@ async fn upgrade(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Response<Body> {
     resp.headers_mut()
         .insert(header::UPGRADE, HeaderValue::from_static(REVERSE_UPGRADE));
     resp
-}
-
-/// The headers a token is reviewed with again: `Authorization` and `shunt-pod`.
-fn credentials(headers: &http::HeaderMap) -> http::HeaderMap {
-    let mut kept = http::HeaderMap::new();
-    for name in [
-        header::AUTHORIZATION,
-        http::HeaderName::from_static(shunt_proto::hub::HEADER_POD),
-    ] {
-        if let Some(value) = headers.get(&name) {
-            kept.insert(name, value.clone());
-        }
-    }
-    kept
-}
-
-/// When to review the token of `credentials` again.
-fn review_deadline(credentials: &http::HeaderMap) -> tokio::time::Instant {
-    let expiry = bearer(credentials).and_then(token_expiry);
-    tokio::time::Instant::now() + next_review(expiry, std::time::SystemTime::now())
 }

@@ -18,11 +18,11 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use k8s_openapi::api::core::v1::Pod;
@@ -30,7 +30,7 @@ use kube::runtime::watcher;
 use shunt_proto::route::RouteSet;
 use tokio::sync::mpsc;
 
-use super::auth::{authenticate, bearer, next_review, pod_allowed, token_expiry, PodIdentity, REVIEW_RETRY};
+use super::auth::{authenticate, credentials, pod_allowed, review_deadline, PodIdentity, REVIEW_RETRY};
 use super::{error, Conn, ConnInfo, Ctx};
 use crate::tunnel::Body;
 
@@ -55,15 +55,7 @@ pub(crate) async fn watch(ctx: Arc<Ctx>, conn: Arc<Conn>, req: Request<Incoming>
     tracing::info!(pod.namespace = %identity.namespace, pod.name = %identity.name, "sidecar connected");
     *conn.pod.lock().unwrap_or_else(|p| p.into_inner()) = Some(identity.clone());
     // What the token is reviewed with again, later.
-    let mut credentials = HeaderMap::new();
-    for name in [
-        header::AUTHORIZATION,
-        HeaderName::from_static(shunt_proto::hub::HEADER_POD),
-    ] {
-        if let Some(value) = req.headers().get(&name) {
-            credentials.insert(name, value.clone());
-        }
-    }
+    let credentials = credentials(req.headers());
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     tokio::spawn(stream_routes(ctx, conn, identity, credentials, tx));
     let body = StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async move {
@@ -109,12 +101,6 @@ enum End {
     Revoked(String),
     /// The token no longer authenticates: the end, the routes stay with the sidecar.
     Expired(String),
-}
-
-/// The time of the next review of `credentials`' token.
-fn review_deadline(credentials: &HeaderMap) -> tokio::time::Instant {
-    let expiry = bearer(credentials).and_then(token_expiry);
-    tokio::time::Instant::now() + next_review(expiry, SystemTime::now())
 }
 
 /// Reviews the token again: `None` while it authenticates (the next review is planned).
