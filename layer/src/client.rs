@@ -235,8 +235,16 @@ fn exchange(config: &Config, question: &Question, timeout: Duration) -> Result<A
             return Err("answer too long".into());
         }
     }
-    let end = answer.iter().position(|b| *b == b'\n').unwrap_or(answer.len());
-    serde_json::from_slice(&answer[..end]).map_err(|e| format!("bad answer: {e}"))
+    decode_answer(&answer)
+}
+
+/// Decodes the CLI's reply: the JSON of its first line (up to the first `\n`, or all of
+/// `bytes` without one). Public so the fuzz targets reach it; the layer calls it for
+/// every answer.
+#[doc(hidden)]
+pub fn decode_answer(bytes: &[u8]) -> Result<Answer, String> {
+    let end = bytes.iter().position(|b| *b == b'\n').unwrap_or(bytes.len());
+    serde_json::from_slice(&bytes[..end]).map_err(|e| format!("bad answer: {e}"))
 }
 
 #[cfg(test)]

@@ -189,7 +189,7 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
             Ok((conn, _)) => {
-                tokio::spawn(one(conn, shared.clone()));
+                tokio::spawn(answer_one(conn, shared.clone()));
             }
             Err(error) => {
                 tracing::warn!(%error, "the layer socket failed; the program's calls stay local");
@@ -199,7 +199,10 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
     }
 }
 
-async fn one(conn: UnixStream, shared: Arc<Shared>) {
+/// Answers the one question of one layer connection (public for the fuzz targets, which
+/// feed it arbitrary bytes; [`serve`] runs it for every connection).
+#[doc(hidden)]
+pub async fn answer_one(conn: UnixStream, shared: Arc<Shared>) {
     let (read, mut write) = conn.into_split();
     let mut line = String::new();
     // Lines from the layer are short: a peer that sends more without a newline is cut off.
