@@ -333,10 +333,10 @@ async fn a_body_of_gigabytes_streams_through_with_flat_memory() {
     if !root_available("huge body") {
         return;
     }
-    // 4 GiB through the stolen route, 1 GiB through the app's path. Both ends count and
+    // 4 GiB through the stolen route, 4 GiB through the app's path. Both ends count and
     // drop the bytes; the sidecar must not hold them either.
     const STOLEN: u64 = 4 << 30;
-    const TO_APP: u64 = 1 << 30;
+    const TO_APP: u64 = 4 << 30;
     let w = world().await;
     let alice = developer(&w, "dev-alice").await;
     w.set_routes(&[route("alice", "steal", Some("x-user: alice"), &alice.to_string())]);
