@@ -60,12 +60,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let redirect = match config.redirect {
         RedirectMode::Nftables => {
+            // The redirect task replaces a table left by a previous sidecar (which would
+            // redirect to a dead proxy until its elements expire) before anything else.
             let nft = redirect::nft::Nft::new(config.nft.clone(), config.proxy_port, config.lease);
-            // A table left by a previous sidecar would redirect to a dead proxy until
-            // its elements expire: remove it before anything else.
-            if let Err(error) = nft.remove().await {
-                tracing::error!(%error, "cannot remove a stale redirect table; routes will not take effect");
-            }
             tokio::spawn(redirect::run_nftables(
                 config.clone(),
                 shared.clone(),

@@ -58,6 +58,11 @@ impl World {
     fn has_table(&self) -> bool {
         self.pod.nft_ruleset().unwrap().contains("table inet shunt")
     }
+
+    /// Ports are in the redirect set (a dormant sidecar's set is empty).
+    fn redirecting(&self) -> bool {
+        self.pod.nft_ruleset().unwrap().contains("elements = {")
+    }
 }
 
 /// A pod with the echo app on 8080 (or none, for tests that bring their own app).
@@ -116,9 +121,12 @@ async fn dormant_sidecar_leaves_traffic_and_ruleset_alone() {
     let (out, _, ok) = curl_owned(&keep_alive_args(&w.url("/"), &[None, ALICE, BOB, None], &[]));
     assert!(ok);
     assert_eq!(served_by(&out), ["app", "app", "app", "app"]);
+    // The table is there from the start (connection tracking must not switch on and off
+    // under live connections), but its set is empty: nothing is redirected.
+    eventually("table installed", Duration::from_secs(5), || w.has_table().then_some(()));
     assert!(
-        !w.has_table(),
-        "a dormant sidecar has no nftables table:\n{}",
+        !w.redirecting(),
+        "a dormant sidecar redirects no port:\n{}",
         w.pod.nft_ruleset().unwrap()
     );
     let listening = w.pod.run("ss", &["-Hltn"]).unwrap();
@@ -189,11 +197,12 @@ async fn steal_routes_exactly_the_matching_requests_over_http1_and_http2() {
     assert_eq!(alice.count() - alice_before, 200);
     assert_eq!(w.app.as_ref().unwrap().count() - app_before, 100);
 
-    // Removing the route restores the direct path and removes the table.
+    // Removing the route restores the direct path: the set is emptied, the table stays.
     w.set_routes(&[]);
-    eventually("redirect removed", Duration::from_secs(5), || {
-        (!w.has_table()).then_some(())
+    eventually("redirect emptied", Duration::from_secs(5), || {
+        (!w.redirecting()).then_some(())
     });
+    assert!(w.has_table());
     assert_eq!(who(&w.url("/"), ALICE).as_deref(), Some("app"));
 }
 
@@ -319,11 +328,12 @@ async fn killed_sidecar_fails_open_within_the_lease_and_restarts_clean() {
     assert_eq!(who(&w.url("/"), None).as_deref(), Some("app"));
     assert!(w.has_table(), "the dead sidecar's (now empty) table is still there");
 
-    // A new sidecar removes the stale table before anything else, then follows the file.
+    // A new sidecar replaces the stale table with an empty one before anything else,
+    // then follows the file.
     write_routes(&w.routes, &[]);
     w.sidecar = w.start_sidecar();
     assert!(
-        !w.has_table(),
+        w.has_table() && !w.redirecting(),
         "restarted sidecar starts clean:\n{}",
         w.pod.nft_ruleset().unwrap()
     );
@@ -352,7 +362,7 @@ async fn requests_for_a_developer_who_is_down_are_served_by_the_app() {
     // Nothing listens there any more: connections are refused.
     w.set_routes(&[route("alice", "steal", Some("x-user: alice"), &closed.to_string())]);
     eventually("redirect active", Duration::from_secs(5), || {
-        w.has_table().then_some(())
+        w.redirecting().then_some(())
     });
     eventually("route in force", Duration::from_secs(5), || {
         (metric(&w.admin, "shunt_sidecar_active_ports") == 1.0).then_some(())

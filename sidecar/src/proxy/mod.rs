@@ -48,8 +48,6 @@ pub struct Shared {
     shutdown: watch::Receiver<bool>,
     /// Each connection holds a clone; shutdown waits until all are dropped.
     live: mpsc::Sender<()>,
-    /// Connections the proxy serves right now (see [`Shared::connections`]).
-    open: Arc<std::sync::atomic::AtomicUsize>,
     /// The operator connection that requests of `hub` routes travel on.
     pub hub: crate::hub::HubLink,
 }
@@ -75,16 +73,8 @@ impl Shared {
             app,
             shutdown,
             live,
-            open: Arc::default(),
             hub: crate::hub::HubLink::default(),
         }
-    }
-
-    /// Connections the proxy serves right now. nftables mode keeps its NAT table until
-    /// this is 0: deleting a network namespace's last NAT chain makes the kernel drop the
-    /// NAT bindings of live connections, which would cut them.
-    pub fn connections(&self) -> usize {
-        self.open.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Sends requests of `hub` routes over `hub`.
@@ -133,22 +123,11 @@ pub async fn accept_loop(
             _ = shutdown.changed() => return,
         };
         let shared = shared.clone();
-        shared.open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         tokio::spawn(async move {
             let _live = shared.live.clone();
-            let _open = OpenGuard(shared.open.clone());
             let span = tracing::debug_span!("conn", client.addr = %peer);
             let _ = tracing::Instrument::instrument(serve(shared.clone(), stream, peer, ports), span).await;
         });
-    }
-}
-
-/// Counts a connection out when its task ends, however it ends.
-struct OpenGuard(Arc<std::sync::atomic::AtomicUsize>);
-
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

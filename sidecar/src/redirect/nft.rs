@@ -4,9 +4,15 @@
 //! table inet shunt {
 //!   set steal_ports { type inet_service; flags timeout; }
 //!   chain prerouting { type nat hook prerouting priority dstnat; policy accept;
-//!                      tcp dport @steal_ports redirect to :PROXY_PORT }
+//!                      tcp flags & (syn | ack) == syn tcp dport @steal_ports
+//!                        redirect to :PROXY_PORT }
 //! }
 //! ```
+//! Only a connection's opening SYN is redirected: when the table first appears (the
+//! sidecar starts next to an app already serving) the kernel starts tracking and picks
+//! up open connections mid-stream as if new; redirecting such an ACK or data segment
+//! would land it on the proxy port, where no such connection exists. The table then
+//! stays until the sidecar's clean shutdown (see [`super`] for why).
 //! The rule is inert unless the set holds the port, and every element carries a
 //! timeout: if the sidecar stops renewing (it died, it hangs), the kernel drops the
 //! element and new connections reach the app again. No cleanup step is needed.
@@ -77,7 +83,7 @@ impl Nft {
         let mut s = Nft::remove_script();
         let _ = write!(
             s,
-            "table inet {NFT_TABLE} {{\n  set {SET} {{ type inet_service; flags timeout; }}\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n    tcp dport @{SET} redirect to :{}\n  }}\n}}\n",
+            "table inet {NFT_TABLE} {{\n  set {SET} {{ type inet_service; flags timeout; }}\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n    tcp flags & (syn | ack) == syn tcp dport @{SET} redirect to :{}\n  }}\n}}\n",
             self.proxy_port
         );
         s.push_str(&self.elements(ports));
@@ -154,7 +160,7 @@ mod tests {
         );
         let install = nft.install_script(&[8080]);
         assert!(install.starts_with("add table inet shunt\ndelete table inet shunt\n"));
-        assert!(install.contains("redirect to :15080"));
+        assert!(install.contains("tcp flags & (syn | ack) == syn tcp dport @steal_ports redirect to :15080"));
         assert!(install.contains("flags timeout"));
     }
 }
