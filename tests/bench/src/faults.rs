@@ -447,7 +447,7 @@ fn kill(pid: u32) -> Result<()> {
 }
 
 /// The pid of a running init container (a native sidecar).
-fn init_container_pid(pod: &Value, name: &str) -> Option<u32> {
+pub(crate) fn init_container_pid(pod: &Value, name: &str) -> Option<u32> {
     let statuses = pod["status"]["initContainerStatuses"].as_array()?;
     let status = statuses.iter().find(|s| s["name"] == name)?;
     let shaped = json!({"status": {"containerStatuses": [status]}});

@@ -27,6 +27,7 @@ mod procfs;
 mod report;
 mod scenario;
 mod session;
+mod soak;
 mod webhook;
 mod world;
 
@@ -52,6 +53,10 @@ Usage: shunt-bench sidecar [--duration SECS] [--connections N]
                                                 full stack on kubesim; no root; build with -p shunt-cli too)
        shunt-bench faults [--network M]       (the fault matrix on the full stack on kubesim; netns mode
                                                 as root; build with -p shunt-cli too)
+       shunt-bench soak [--duration SECS] [--network M]
+                                               (sessions coming and going on the full stack for SECS
+                                                [600]: operator and sidecar memory and fds, leftovers;
+                                                exits 1 on FAIL; build with -p shunt-cli too)
 
   --duration SECS   measured seconds per scenario and protocol, after a 2 s warm-up [default: 10]
   --connections N   wrk connections; h2load opens N/4 connections with 10 streams each [default: 32]
@@ -71,6 +76,7 @@ fn main() -> ExitCode {
         Some("layer") => return exit(layer::main(args)),
         Some(layer::LOOP_COMMAND) => return exit(layer::measure(args)),
         Some("faults") => return exit(faults::main(args)),
+        Some("soak") => return exit(soak::main(args)),
         Some(hubload::CLIENTS_COMMAND) => return exit(hubload::clients_main(args)),
         Some(webhook::ECHO_COMMAND) => return exit(webhook::echo_server(args)),
         _ => {}

@@ -1,5 +1,5 @@
-//! What the kernel says about the processes under test: memory (`/proc/<pid>/status`)
-//! and CPU time (`/proc/<pid>/stat`).
+//! What the kernel says about the processes under test: memory (`/proc/<pid>/status`),
+//! CPU time (`/proc/<pid>/stat`) and open file descriptors (`/proc/<pid>/fd`).
 
 use std::fs;
 
@@ -17,6 +17,12 @@ pub fn status_kib(pid: u32, field: &str) -> Result<u64> {
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse().ok())
         .with_context(|| format!("no {field} in {path}"))
+}
+
+/// How many file descriptors a process has open (entries of `/proc/<pid>/fd`).
+pub fn open_fds(pid: u32) -> Result<usize> {
+    let path = format!("/proc/{pid}/fd");
+    Ok(fs::read_dir(&path).with_context(|| format!("reading {path}"))?.count())
 }
 
 /// Fields of `/proc/<pid>/stat` after the command name (which may contain spaces),
