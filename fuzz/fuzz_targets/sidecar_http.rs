@@ -36,7 +36,9 @@ const SNIFF_BYTES: usize = 32;
 
 struct Harness {
     runtime: Runtime,
-    shared: Arc<Shared>,
+    /// The drain channel's sender as `Shared` holds it: every connection task holds a
+    /// clone until it ends, so the strong count tells how many are open.
+    live: mpsc::WeakSender<()>,
     /// Takeover listeners for port A and port B.
     entries: [SocketAddr; 2],
     /// Held for the life of the process so that the table, the shutdown signal, the
@@ -49,6 +51,14 @@ struct Keep {
     _shutdown: watch::Sender<bool>,
     _stops: Vec<watch::Sender<bool>>,
     _drained: mpsc::Receiver<()>,
+}
+
+impl Harness {
+    /// Proxy connections whose task has not ended.
+    fn open_connections(&self) -> usize {
+        // `Shared` holds one sender itself.
+        self.live.strong_count().saturating_sub(1)
+    }
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -73,11 +83,11 @@ fuzz_target!(|data: &[u8]| {
             Err(_) => panic!("the sidecar kept the connection open {CLOSE_BOUND:?} after the client's half-close"),
         }
         let deadline = tokio::time::Instant::now() + CLOSE_BOUND;
-        while harness.shared.connections() > 0 {
+        while harness.open_connections() > 0 {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "{} proxy connection(s) still served {CLOSE_BOUND:?} after the client closed",
-                harness.shared.connections()
+                harness.open_connections()
             );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -115,17 +125,17 @@ fn harness() -> &'static Harness {
             .enable_all()
             .build()
             .expect("a tokio runtime");
-        let (shared, entries, keep) = runtime.block_on(start());
+        let (live, entries, keep) = runtime.block_on(start());
         Harness {
             runtime,
-            shared,
+            live,
             entries,
             _keep: keep,
         }
     })
 }
 
-async fn start() -> (Arc<Shared>, [SocketAddr; 2], Keep) {
+async fn start() -> (mpsc::WeakSender<()>, [SocketAddr; 2], Keep) {
     let app_a = server("app-a").await;
     let app_b = server("app-b").await;
     let dev = server("dev").await;
@@ -144,6 +154,7 @@ async fn start() -> (Arc<Shared>, [SocketAddr; 2], Keep) {
     let (table_tx, table) = watch::channel(Arc::new(Table::new(set, &metrics)));
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (live, drained) = mpsc::channel(1);
+    let weak = live.downgrade();
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let shared = Arc::new(Shared::new(table, metrics, loopback, &[a, b], shutdown, live));
     let (mut entries, mut stops) = (Vec::new(), Vec::new());
@@ -165,7 +176,7 @@ async fn start() -> (Arc<Shared>, [SocketAddr; 2], Keep) {
         _stops: stops,
         _drained: drained,
     };
-    (shared, [entries[0], entries[1]], keep)
+    (weak, [entries[0], entries[1]], keep)
 }
 
 /// A loopback HTTP/1.1 + h2c server that answers every request at once with its name
