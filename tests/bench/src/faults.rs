@@ -101,6 +101,7 @@ struct Options {
     network: kubesim::Network,
     window: Duration,
     only: Option<String>,
+    check: bool,
     logs: Option<std::path::PathBuf>,
 }
 
@@ -115,6 +116,7 @@ pub fn main(args: impl Iterator<Item = String>) -> Result<()> {
         window: Duration::from_secs(40),
         only: None,
         logs: None,
+        check: false,
     };
     let mut args = args.peekable();
     while let Some(arg) = args.next() {
@@ -132,13 +134,16 @@ pub fn main(args: impl Iterator<Item = String>) -> Result<()> {
             }
             "--only" => options.only = Some(args.next().context("--only needs a word of a fault's name")?),
             "--logs" => options.logs = Some(args.next().context("--logs needs a directory")?.into()),
+            "--check" => options.check = true,
             "-h" | "--help" => {
                 println!(
-                    "Usage: shunt-bench faults [--network netns|loopback] [--window SECS] [--only WORD] [--logs DIR]\n  \
+                    "Usage: shunt-bench faults [--network netns|loopback] [--window SECS] [--only WORD] [--logs DIR] [--check]\n  \
                      --network  pod networking (default: netns as root, else loopback)\n  \
                      --window   longest time to wait for recovery per fault [default: 40]\n  \
                      --only     run the faults whose name contains WORD (e.g. operator)\n  \
-                     --logs DIR write every container's log after each fault into DIR/<fault>/"
+                     --logs DIR write every container's log after each fault into DIR/<fault>/\n  \
+                     --check    exit 1 if a request no session matched failed, a request was misrouted,\n  \
+                                or a fault did not recover within the window (CI runs this)"
                 );
                 return Ok(());
             }
@@ -194,6 +199,31 @@ async fn run(shunt: &Path, options: &Options) -> Result<()> {
             ),
             r.note
         );
+    }
+    if options.check {
+        let broken: Vec<String> = rows
+            .iter()
+            .filter_map(|r| {
+                let mut why = Vec::new();
+                if r.failed_unmatched > 0 {
+                    why.push(format!(
+                        "{} failed requests that no session matched",
+                        r.failed_unmatched
+                    ));
+                }
+                if r.misrouted > 0 {
+                    why.push(format!("{} misrouted requests", r.misrouted));
+                }
+                if r.recovery.is_none() {
+                    why.push(format!("no recovery within {} s", options.window.as_secs()));
+                }
+                (!why.is_empty()).then(|| format!("{}: {}", r.fault.name(), why.join(", ")))
+            })
+            .collect();
+        if !broken.is_empty() {
+            bail!("the fault matrix failed its checks:\n  {}", broken.join("\n  "));
+        }
+        println!("\nChecks passed: no unmatched request failed, nothing misrouted, every fault recovered.");
     }
     Ok(())
 }
