@@ -1,12 +1,15 @@
 //! One connection to the hub: TLS (trusting `SHUNT_OPERATOR_CA`, ALPN `h2`), an HTTP/2
-//! client with keep-alive PINGs, the routes watch, and the documents it streams.
+//! client with keep-alive PINGs, the routes watch, and the documents it streams. When the
+//! connection is replaced ([`super::keeper`]), [`Watch::retire`] closes it without
+//! cutting off the requests on it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::{header, Request, StatusCode};
 use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::pem::PemObject;
@@ -16,7 +19,7 @@ use shunt_proto::route::{RouteSet, Upstream};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::HubLink;
+use super::{Connection, HubLink};
 use crate::config::HubSettings;
 use crate::metrics::{Metrics, ResultLabels};
 use crate::proxy::body::{empty, OutBody};
@@ -105,19 +108,91 @@ pub(crate) fn tls_connector(settings: &HubSettings, alpn: &[u8]) -> Result<tokio
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
-/// Connects, opens the routes watch and publishes documents until the watch ends.
-pub(super) async fn session(
-    settings: &HubSettings,
-    app_ports: &[u16],
-    metrics: &Metrics,
-    tx: &watch::Sender<Arc<Table>>,
-    link: &HubLink,
-    up: &watch::Sender<bool>,
-) -> Result<(), HubError> {
+/// Reads the projected token (kubelet rotates it: read it for every connection).
+pub(super) fn read_token(settings: &HubSettings) -> Result<String, HubError> {
+    std::fs::read_to_string(&settings.token_file)
+        .map(|token| token.trim().to_owned())
+        .map_err(|e| file_err("cannot read the token file (SHUNT_TOKEN_FILE)", &settings.token_file, e))
+}
+
+/// An open routes watch: the HTTP/2 connection it runs on (which also carries relayed
+/// requests, see [`Connection`]) and the token it was opened with.
+pub(super) struct Watch {
+    connection: Arc<Connection>,
+    body: Incoming,
+    buf: BytesMut,
+    token: String,
+    driver: AbortOnDrop,
+}
+
+impl Watch {
+    /// The connection, for [`HubLink::set`].
+    pub(super) fn connection(&self) -> Arc<Connection> {
+        self.connection.clone()
+    }
+
+    /// The token the watch was opened with.
+    pub(super) fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The next routes document (a non-blank line); `None` when the operator ended the
+    /// watch. Cancel-safe: a partial line stays buffered.
+    pub(super) async fn next_document(&mut self) -> Result<Option<Bytes>, HubError> {
+        loop {
+            while let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
+                let line = self.buf.split_to(end + 1).freeze().slice(..end);
+                if !line.iter().all(u8::is_ascii_whitespace) {
+                    return Ok(Some(line));
+                }
+            }
+            if self.buf.len() > MAX_LINE {
+                return Err(HubError::Stream(format!("a routes document exceeds {MAX_LINE} bytes")));
+            }
+            let Some(frame) = self.body.frame().await else {
+                return Ok(None);
+            };
+            let frame = frame.map_err(|e| HubError::Stream(e.to_string()))?;
+            if let Ok(data) = frame.into_data() {
+                self.buf.extend_from_slice(&data);
+            }
+        }
+    }
+
+    /// Closes the watch without cutting requests short: waits (up to `grace`) until every
+    /// request handed to this connection has its response head — the hub accepts relayed
+    /// requests only while the connection's watch is open — then cancels the watch. The
+    /// connection closes once the responses still streaming end.
+    pub(super) async fn retire(self, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.connection.sending() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if self.connection.sending() > 0 {
+            tracing::warn!(
+                ?grace,
+                "requests still waiting on the old operator connection; closing it anyway"
+            );
+        }
+        let Watch {
+            connection,
+            body,
+            mut driver,
+            ..
+        } = self;
+        // Without senders and streams hyper's dispatch task ends by itself (after a
+        // GOAWAY); responses still streaming run on the connection task, not this one.
+        drop((connection, body));
+        if tokio::time::timeout(grace, &mut driver.0).await.is_err() {
+            tracing::debug!("old operator connection still busy after the grace time; leaving it to finish");
+        }
+    }
+}
+
+/// Dials the hub (TLS) and opens the routes watch with `token`; returns the watch and its
+/// first document.
+pub(super) async fn open(settings: &HubSettings, token: String) -> Result<(Watch, Bytes), HubError> {
     let connector = tls_connector(settings, b"h2")?;
-    // Re-read every time: kubelet rotates the projected token.
-    let token = std::fs::read_to_string(&settings.token_file)
-        .map_err(|e| file_err("cannot read the token file (SHUNT_TOKEN_FILE)", &settings.token_file, e))?;
     let connect_err = |why: String| HubError::Connect {
         addr: settings.addr.clone(),
         why,
@@ -133,23 +208,36 @@ pub(super) async fn session(
         .connect(name, tcp)
         .await
         .map_err(|e| connect_err(format!("TLS: {e}")))?;
+    let opened = handshake(TokioIo::new(tls), settings, token).await?;
+    tracing::info!(hub.addr = %settings.addr, "routes watch open");
+    Ok(opened)
+}
+
+/// HTTP/2 over `io` (any stream: tests use in-memory ones), the routes watch with `token`,
+/// and its first document (a watch counts as up once it has said which routes hold).
+pub(super) async fn handshake<T>(io: T, settings: &HubSettings, token: String) -> Result<(Watch, Bytes), HubError>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let connect_err = |why: String| HubError::Connect {
+        addr: settings.addr.clone(),
+        why,
+    };
     let (mut sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(KEEP_ALIVE)
         .keep_alive_timeout(KEEP_ALIVE)
         .keep_alive_while_idle(true)
-        .handshake::<_, OutBody>(TokioIo::new(tls))
+        .handshake::<_, OutBody>(io)
         .await
         .map_err(|e| connect_err(format!("HTTP/2: {e}")))?;
-    let driver = tokio::spawn(async move {
+    let driver = AbortOnDrop(tokio::spawn(async move {
         if let Err(error) = conn.await {
             tracing::debug!(%error, "operator connection ended");
         }
-    });
-    let _driver = AbortOnDrop(driver);
-
+    }));
     let req = Request::get(format!("https://{}{ROUTES_PATH}", settings.server_name))
-        .header(header::AUTHORIZATION, format!("Bearer {}", token.trim()))
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
         .header(HEADER_POD, format!("{}/{}", settings.pod_namespace, settings.pod_name))
         .header(HEADER_PROTOCOL, PROTOCOL_VERSION)
         .body(empty())
@@ -158,25 +246,19 @@ pub(super) async fn session(
     if resp.status() != StatusCode::OK {
         return Err(refusal(resp).await);
     }
-    tracing::info!(hub.addr = %settings.addr, "routes watch open");
-    link.set(Some(sender));
-    up.send_replace(true);
-
-    let mut body = resp.into_body();
-    let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| HubError::Stream(e.to_string()))?;
-        let Ok(data) = frame.into_data() else { continue };
-        buf.extend_from_slice(&data);
-        while let Some(end) = buf.iter().position(|b| *b == b'\n') {
-            let line = buf.split_to(end + 1);
-            publish(&line[..end], app_ports, metrics, tx, link);
-        }
-        if buf.len() > MAX_LINE {
-            return Err(HubError::Stream(format!("a routes document exceeds {MAX_LINE} bytes")));
-        }
+    let mut watch = Watch {
+        connection: Arc::new(Connection::new(sender)),
+        body: resp.into_body(),
+        buf: BytesMut::new(),
+        token,
+        driver,
+    };
+    match watch.next_document().await? {
+        Some(first) => Ok((watch, first)),
+        None => Err(HubError::Stream(
+            "the operator ended the routes watch before its first document".into(),
+        )),
     }
-    Ok(())
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -188,7 +270,13 @@ impl Drop for AbortOnDrop {
 }
 
 /// Installs one routes document; an invalid one is logged and the routes in force stay.
-fn publish(line: &[u8], app_ports: &[u16], metrics: &Metrics, tx: &watch::Sender<Arc<Table>>, link: &HubLink) {
+pub(super) fn publish(
+    line: &[u8],
+    app_ports: &[u16],
+    metrics: &Metrics,
+    tx: &watch::Sender<Arc<Table>>,
+    link: &HubLink,
+) {
     if line.iter().all(u8::is_ascii_whitespace) {
         return;
     }

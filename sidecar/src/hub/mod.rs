@@ -1,17 +1,24 @@
 //! The operator's hub as a route source, and the link that carries `hub` routes' requests.
 //!
-//! Protocol: [`shunt_proto::hub`]. [`run`] dials the hub (TLS, HTTP/2 client, keep-alive
-//! PINGs), opens the routes watch with the pod's projected token and publishes each
-//! document into the routing table ([`conn`]). It redials with capped back-off
-//! (0.5 s → 10 s), re-reading the token each time (kubelet rotates it). Cut off from the
-//! operator, the sidecar keeps its routes only for the lease, then goes dormant.
+//! Protocol: [`shunt_proto::hub`]. [`run`] ([`keeper`]) dials the hub (TLS, HTTP/2
+//! client, keep-alive PINGs), opens the routes watch with the pod's projected token and
+//! publishes each document into the routing table ([`conn`]). When the kubelet rotates
+//! the token, a second connection is opened with the new one while the first keeps
+//! serving (make-before-break). A watch the operator ends is redialled at once, a failed
+//! one with capped back-off (0.5 s → 10 s). Cut off from the operator, the sidecar keeps
+//! its routes only for the lease, then goes dormant.
 //!
 //! [`HubLink`] is the connection the proxy uses for requests of `hub` routes: each is its
 //! own HTTP/2 request with `shunt-session` and `shunt-pod`. Without a connection the
 //! request comes back unsent and the app serves it.
 
 pub mod conn;
+mod keeper;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,22 +28,51 @@ use hyper::client::conn::http2;
 use shunt_proto::names::{HOP_HEADER_POD, HOP_HEADER_SESSION};
 use tokio::sync::watch;
 
-use crate::config::HubSettings;
-use crate::metrics::Metrics;
 use crate::proxy::body::OutBody;
 use crate::proxy::client::SendError;
-use crate::table::Table;
+
+pub use keeper::run;
 
 /// First retry delay after a failed or lost connection.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
 /// Longest retry delay.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
+/// One hub connection as the link uses it: its sender and how many requests on it are
+/// waiting for their response head (the connection is not closed under them).
+pub(crate) struct Connection {
+    sender: http2::SendRequest<OutBody>,
+    sending: AtomicUsize,
+}
+
+impl Connection {
+    fn new(sender: http2::SendRequest<OutBody>) -> Connection {
+        Connection {
+            sender,
+            sending: AtomicUsize::new(0),
+        }
+    }
+
+    /// Requests handed to this connection that have no response head yet.
+    fn sending(&self) -> usize {
+        self.sending.load(Ordering::Acquire)
+    }
+}
+
+/// Counts one request in [`Connection::sending`] until dropped.
+struct Sending(Arc<Connection>);
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        self.0.sending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The hub connection requests of `hub` routes travel on, and whether the operator wants
 /// the reverse connection for outbound traffic up. Cheap to clone.
 #[derive(Clone)]
 pub struct HubLink {
-    sender: Arc<Mutex<Option<http2::SendRequest<OutBody>>>>,
+    connection: Arc<Mutex<Option<Arc<Connection>>>>,
     pod: Option<HeaderValue>,
     outbound: Arc<watch::Sender<bool>>,
 }
@@ -44,7 +80,7 @@ pub struct HubLink {
 impl Default for HubLink {
     fn default() -> HubLink {
         HubLink {
-            sender: Arc::default(),
+            connection: Arc::default(),
             pod: None,
             outbound: Arc::new(watch::channel(false).0),
         }
@@ -72,29 +108,33 @@ impl HubLink {
         self.outbound.subscribe()
     }
 
-    pub(crate) fn set(&self, sender: Option<http2::SendRequest<OutBody>>) {
-        *self.sender.lock().unwrap_or_else(|p| p.into_inner()) = sender;
+    /// Sends the next requests on `connection` (none: the app serves them).
+    pub(crate) fn set(&self, connection: Option<Arc<Connection>>) {
+        *self.connection.lock().unwrap_or_else(|p| p.into_inner()) = connection;
     }
 
     /// Whether a hub connection is up.
     pub fn is_connected(&self) -> bool {
-        self.sender
+        self.connection
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .is_some_and(|s| !s.is_closed())
+            .is_some_and(|u| !u.sender.is_closed())
+    }
+
+    /// The connection to send on, counted as sending (under the lock, so a connection
+    /// being replaced sees the request before it closes).
+    fn checkout(&self) -> Option<(http2::SendRequest<OutBody>, Sending)> {
+        let connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        let connection = connection.as_ref().filter(|c| !c.sender.is_closed())?;
+        connection.sending.fetch_add(1, Ordering::AcqRel);
+        Some((connection.sender.clone(), Sending(connection.clone())))
     }
 
     /// Sends `req` for route `route_id` to the operator. Nothing sent (no connection, an
     /// upgrade, a connection that just closed) → [`SendError::Unsent`] with the request.
     pub async fn send(&self, route_id: &str, mut req: Request<OutBody>) -> Result<Response<Incoming>, SendError> {
-        let sender = self
-            .sender
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .filter(|s| !s.is_closed());
-        let (Some(mut sender), Some(pod)) = (sender, self.pod.clone()) else {
+        let (Some((mut sender, _sending)), Some(pod)) = (self.checkout(), self.pod.clone()) else {
             return Err(SendError::Unsent(Box::new(req), "no connection to the operator".into()));
         };
         if crate::proxy::route::is_upgrade(&req) {
@@ -164,73 +204,4 @@ fn absolute_uri<B>(req: &mut Request<B>) {
         }
     }
     *req.version_mut() = http::Version::HTTP_2;
-}
-
-/// Runs the hub source until `tx` has no receivers: connect, watch, publish, redial.
-pub async fn run(
-    settings: HubSettings,
-    app_ports: Vec<u16>,
-    lease: Duration,
-    metrics: Metrics,
-    tx: watch::Sender<Arc<Table>>,
-    link: HubLink,
-) {
-    let (up_tx, up_rx) = watch::channel(false);
-    tokio::spawn(lease_keeper(up_rx, lease, tx.clone(), metrics.clone()));
-    let mut backoff = BACKOFF_MIN;
-    while !tx.is_closed() {
-        let result = conn::session(&settings, &app_ports, &metrics, &tx, &link, &up_tx).await;
-        link.set(None);
-        // Without the routes watch nobody says the reverse connection is still wanted.
-        link.want_outbound(false);
-        let was_up = up_tx.send_replace(false);
-        if was_up {
-            backoff = BACKOFF_MIN;
-        }
-        match result {
-            Ok(()) => tracing::info!(hub.addr = %settings.addr, "the operator ended the routes watch; reconnecting"),
-            Err(error) => {
-                tracing::warn!(hub.addr = %settings.addr, %error, retry_in = ?backoff, "no routes from the operator")
-            }
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
-    }
-}
-
-/// While the watch is down for longer than `lease`, the routes are dropped (dormant).
-async fn lease_keeper(mut up: watch::Receiver<bool>, lease: Duration, tx: watch::Sender<Arc<Table>>, metrics: Metrics) {
-    loop {
-        if up.wait_for(|up| !*up).await.is_err() {
-            return;
-        }
-        let back = tokio::time::timeout(lease, up.wait_for(|up| *up))
-            .await
-            .map(|r| r.is_ok());
-        match back {
-            Ok(true) => continue,
-            Ok(false) => return,
-            Err(_) => {
-                if !tx.borrow().set().is_empty() {
-                    tracing::warn!(?lease, "no operator connection for the lease; routes dropped (dormant)");
-                    metrics.routes.set(0);
-                    tx.send_replace(Arc::new(Table::default()));
-                }
-                if up.wait_for(|up| *up).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn route_ids_map_to_session_names() {
-        assert_eq!(session_of_route("alice"), "alice");
-        assert_eq!(session_of_route("alice:8080"), "alice");
-    }
 }
