@@ -246,7 +246,9 @@ async fn a_sidecar_reconnects_with_its_rotated_token_and_goes_dormant_when_left_
             .unwrap()
     };
     let app = shunt_echo::spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), "app").unwrap();
-    let token_file = dir.write("token", &token(Duration::from_secs(4)));
+    let first_lifetime = Duration::from_secs(6);
+    let first_expires = Instant::now() + first_lifetime;
+    let token_file = dir.write("token", &token(first_lifetime));
     let (listen, admin_port) = (free_port(), free_port());
     let _sidecar = Sidecar::spawn(
         &sidecar_bin,
@@ -278,30 +280,39 @@ async fn a_sidecar_reconnects_with_its_rotated_token_and_goes_dormant_when_left_
     };
     let first = conn_id().unwrap();
 
-    // The kubelet rotates the token file (here to a 6 s token); at the old token's
-    // expiry the hub ends the watch and the sidecar comes back with the new one. Every
-    // request meanwhile is answered, by alice or (while it reconnects) by the app.
-    std::fs::write(&token_file, token(Duration::from_secs(6))).unwrap();
+    // The kubelet rotates the token file (here to a 12 s token) long before the old token
+    // expires. The sidecar opens a second connection with the new token while the first
+    // one serves, switches once the new routes watch is up and closes the first: across
+    // the switch and the old token's expiry (when the hub would end the first watch)
+    // every request of alice reaches alice, none is served by the app.
+    std::fs::write(&token_file, token(Duration::from_secs(12))).unwrap();
     let (mut by_alice, mut by_app) = (0, 0);
+    let past_first_expiry = first_expires + Duration::from_millis(1500);
     let deadline = Instant::now() + Duration::from_secs(15);
-    let second = loop {
+    let mut second = None;
+    while second.is_none() || Instant::now() < past_first_expiry {
         match who(&url, Some("x-shunt-user: alice")).await.as_deref() {
             Some("cli-alice") => by_alice += 1,
             Some("app") => by_app += 1,
             other => panic!("a request of alice failed during the token rotation: {other:?}"),
         }
-        if let Some(id) = conn_id().filter(|id| *id != first) {
-            break id;
-        }
+        second = second.or(conn_id().filter(|id| *id != first));
         assert!(Instant::now() < deadline, "the sidecar did not reconnect within 15 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    eventually("alice's route after the reconnect", Duration::from_secs(5), || async {
-        (who(&url, Some("x-shunt-user: alice")).await? == "cli-alice").then_some(())
-    })
-    .await;
+    }
+    let second = second.unwrap();
     eprintln!("during the rotation: {by_alice} requests reached alice, {by_app} the app");
-    assert!(by_alice > 0, "alice's route stayed while the sidecar reconnected");
+    assert_eq!(
+        by_app,
+        0,
+        "{by_app} of {} requests of alice were served by the app during the token rotation",
+        by_alice + by_app
+    );
+    assert_eq!(
+        conn_id(),
+        Some(second),
+        "the hub still serves the sidecar's new connection"
+    );
 
     // Left with the expired token (no rotation), the sidecar is refused and goes dormant
     // within its lease: the app serves alice's requests.
