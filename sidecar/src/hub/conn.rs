@@ -109,7 +109,7 @@ pub(crate) fn tls_connector(settings: &HubSettings, alpn: &[u8]) -> Result<tokio
 }
 
 /// Reads the projected token (kubelet rotates it: read it for every connection).
-pub(super) fn read_token(settings: &HubSettings) -> Result<String, HubError> {
+pub(crate) fn read_token(settings: &HubSettings) -> Result<String, HubError> {
     std::fs::read_to_string(&settings.token_file)
         .map(|token| token.trim().to_owned())
         .map_err(|e| file_err("cannot read the token file (SHUNT_TOKEN_FILE)", &settings.token_file, e))

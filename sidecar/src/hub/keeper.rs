@@ -27,7 +27,7 @@ use crate::metrics::Metrics;
 use crate::table::Table;
 
 /// How often the token file is compared with the token of the open watch.
-pub(super) const TOKEN_POLL: Duration = Duration::from_secs(2);
+pub(crate) const TOKEN_POLL: Duration = Duration::from_secs(2);
 /// Longest time to open a connection and receive the watch's first document.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a replaced connection may take to hand over its requests' responses heads.
@@ -171,7 +171,7 @@ pub(super) async fn keep<D, F>(
 }
 
 /// The current back-off, doubling the next one (capped).
-fn next_backoff(backoff: &mut Duration) -> Duration {
+pub(crate) fn next_backoff(backoff: &mut Duration) -> Duration {
     let now = *backoff;
     *backoff = (now * 2).min(BACKOFF_MAX);
     now
@@ -186,14 +186,15 @@ async fn next_document(current: &mut Option<Watch>) -> Result<Option<Bytes>, Hub
 }
 
 /// The connection being opened; never resolves without one.
-async fn finish<F: Future + Unpin>(opening: &mut Option<F>) -> F::Output {
+pub(crate) async fn finish<F: Future + Unpin>(opening: &mut Option<F>) -> F::Output {
     match opening {
         Some(f) => f.await,
         None => std::future::pending().await,
     }
 }
 
-async fn sleep_until(at: Option<Instant>) {
+/// Sleeps until `at`; never resolves without one.
+pub(crate) async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,

@@ -13,7 +13,7 @@
 //! request comes back unsent and the app serves it.
 
 pub mod conn;
-mod keeper;
+pub(crate) mod keeper;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests;

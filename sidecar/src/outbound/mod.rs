@@ -2,10 +2,11 @@
 //! questions in the pod's network for a developer's program on their laptop.
 //!
 //! While the operator's routes stream says `outbound: true` ([`HubLink::outbound_wanted`]),
-//! [`run`] keeps a **reverse connection** to the hub up: TLS (same CA and server name as
-//! the routes connection, ALPN `http/1.1`), `GET /hub/v1/reverse` with `Upgrade:
-//! shunt-reverse` and the pod's projected token, then — after the 101 — the sidecar is
-//! the HTTP/2 **server** on that stream (protocol: [`shunt_proto::hub`], step 3):
+//! [`run`] ([`keeper`]) keeps a **reverse connection** to the hub up: TLS (same CA and
+//! server name as the routes connection, ALPN `http/1.1`), `GET /hub/v1/reverse` with
+//! `Upgrade: shunt-reverse` and the pod's projected token ([`dial`]), then — after the
+//! 101 — the sidecar is the HTTP/2 **server** on that stream (protocol:
+//! [`shunt_proto::hub`], step 3):
 //!
 //! - `CONNECT host:port`: the name is resolved by the pod's resolver (`/etc/hosts`,
 //!   `resolv.conf` search domains: `reviews` works) and dialled within [`DIAL_TIMEOUT`];
@@ -13,30 +14,34 @@
 //!   [`MAX_OPEN`] connections at once (503 beyond).
 //! - `GET /dns?name=<name>`: 200 `{"addresses": [...]}` or 404 `{"message"}`.
 //!
-//! When the flag goes back to `false` the connection is closed (its streams with it). A
-//! broken connection is redialled with back-off while the flag stays `true`.
+//! When the flag goes back to `false` the connection is closed (its streams with it). The
+//! hub ends a connection whose token expired, so a rotated token gets a new connection
+//! before that happens (make-before-break, see [`keeper`]).
 //!
 //! [`HubLink::outbound_wanted`]: crate::hub::HubLink::outbound_wanted
 
+mod dial;
+mod keeper;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;
+
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls::pki_types::ServerName;
-use shunt_proto::hub::{
-    query_value, DNS_PATH, HEADER_POD, HEADER_PROTOCOL, PROTOCOL_VERSION, REVERSE_PATH, REVERSE_UPGRADE,
-};
+use shunt_proto::hub::{query_value, DNS_PATH};
 use tokio::net::TcpStream;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{oneshot, Semaphore};
 
-use crate::config::HubSettings;
-use crate::hub::conn::{tls_connector, HubError};
-use crate::hub::{BACKOFF_MAX, BACKOFF_MIN};
+use crate::hub::conn::HubError;
 use crate::metrics::{Metrics, OutboundLabels};
 use crate::proxy::body::{empty, text, OutBody};
+
+pub use keeper::run;
 
 /// How long dialling one destination may take.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,105 +49,62 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DNS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections open at once through the reverse connection.
 pub const MAX_OPEN: usize = 512;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
-/// Keeps the reverse connection up while `wanted` is `true`, until its sender is gone.
-pub async fn run(settings: HubSettings, mut wanted: watch::Receiver<bool>, metrics: Metrics) {
-    let mut backoff = BACKOFF_MIN;
-    loop {
-        if wanted.wait_for(|w| *w).await.is_err() {
-            return;
-        }
-        let started = Instant::now();
-        let result = tokio::select! {
-            result = connection(&settings, &metrics) => result,
-            gone = wanted.wait_for(|w| !*w) => {
-                if gone.is_err() {
-                    return;
-                }
-                tracing::info!("outbound traffic no longer wanted: reverse connection closed");
-                backoff = BACKOFF_MIN;
-                continue;
-            }
-        };
-        match result {
-            Ok(()) => tracing::info!(retry_in = ?backoff, "the operator closed the reverse connection"),
-            Err(error) => tracing::warn!(%error, retry_in = ?backoff, "reverse connection for outbound traffic failed"),
-        }
-        if started.elapsed() > BACKOFF_MAX {
-            backoff = BACKOFF_MIN;
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
-    }
+/// Why a reverse connection could not be opened or ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ReverseError {
+    /// Dialling the hub or reading the token failed (the same causes as the routes watch).
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    /// The operator answered the upgrade with something else than 101.
+    #[error("the operator refused the reverse connection with {status}: {message}")]
+    Refused {
+        /// The status.
+        status: StatusCode,
+        /// Its message.
+        message: String,
+    },
+    /// The operator said nothing on the upgraded connection in time, or closed it at once.
+    #[error("the operator did not take the reverse connection: {0}")]
+    NotTaken(String),
+    /// The HTTP/2 connection broke.
+    #[error("the reverse connection broke: {0}")]
+    Broke(#[source] hyper::Error),
+    /// The task serving the connection failed (a panic in a handler).
+    #[error("the reverse connection's task failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
 }
 
-/// One reverse connection: dial, upgrade, serve HTTP/2 until it ends.
-async fn connection(settings: &HubSettings, metrics: &Metrics) -> Result<(), HubError> {
-    let connect_err = |why: String| HubError::Connect {
-        addr: settings.addr.clone(),
-        why,
-    };
-    let connector = tls_connector(settings, b"http/1.1")?;
-    let token = std::fs::read_to_string(&settings.token_file).map_err(|e| HubError::File {
-        what: "cannot read the token file (SHUNT_TOKEN_FILE)",
-        path: settings.token_file.display().to_string(),
-        why: e.to_string(),
-    })?;
-    let name = ServerName::try_from(settings.server_name.clone())
-        .map_err(|e| connect_err(format!("SHUNT_OPERATOR_SERVER_NAME {:?}: {e}", settings.server_name)))?;
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&settings.addr))
-        .await
-        .map_err(|_| connect_err(format!("timed out after {CONNECT_TIMEOUT:?}")))?
-        .map_err(|e| connect_err(e.to_string()))?;
-    let _ = tcp.set_nodelay(true);
-    let tls = connector
-        .connect(name, tcp)
-        .await
-        .map_err(|e| connect_err(format!("TLS: {e}")))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, OutBody>(TokioIo::new(tls))
-        .await
-        .map_err(|e| connect_err(format!("HTTP/1.1: {e}")))?;
-    tokio::spawn(async move {
-        if let Err(error) = conn.with_upgrades().await {
-            tracing::debug!(%error, "reverse connection's HTTP/1.1 phase ended");
-        }
-    });
-    let req = Request::get(REVERSE_PATH)
-        .header(header::HOST, settings.server_name.as_str())
-        .header(header::CONNECTION, "Upgrade")
-        .header(header::UPGRADE, REVERSE_UPGRADE)
-        .header(header::AUTHORIZATION, format!("Bearer {}", token.trim()))
-        .header(HEADER_POD, format!("{}/{}", settings.pod_namespace, settings.pod_name))
-        .header(HEADER_PROTOCOL, PROTOCOL_VERSION)
-        .body(empty())
-        .map_err(|e| connect_err(format!("reverse request: {e}")))?;
-    let resp = sender.send_request(req).await.map_err(|e| connect_err(e.to_string()))?;
-    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return Err(crate::hub::conn::refusal(resp).await);
-    }
-    let upgraded = hyper::upgrade::on(resp)
-        .await
-        .map_err(|e| connect_err(format!("upgrade: {e}")))?;
-    tracing::info!(hub.addr = %settings.addr, "reverse connection up: serving outbound traffic");
-    let state = Arc::new(State {
-        metrics: metrics.clone(),
-        pod: format!("{}/{}", settings.pod_namespace, settings.pod_name),
-        open: Arc::new(Semaphore::new(MAX_OPEN)),
-    });
+/// Serves HTTP/2 on an accepted reverse connection until it ends. Once `retire` fires
+/// (a connection with a newer token has replaced this one) it sends GOAWAY: the hub opens
+/// no new streams on it, the tunnels open on it finish, then it closes.
+async fn serve(io: dial::Accepted, state: Arc<State>, retire: oneshot::Receiver<()>) -> Result<(), ReverseError> {
     let service = hyper::service::service_fn(move |req| {
         let state = state.clone();
         async move { Ok::<_, std::convert::Infallible>(handle(&state, req).await) }
     });
-    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(KEEP_ALIVE)
         .keep_alive_timeout(KEEP_ALIVE)
         .max_concurrent_streams(u32::try_from(MAX_OPEN * 2).unwrap_or(u32::MAX))
-        .serve_connection(upgraded, service)
-        .await
-        .map_err(|e| HubError::Stream(format!("reverse connection: {e}")))
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn, retire);
+    let mut retiring = false;
+    let result = loop {
+        tokio::select! {
+            result = conn.as_mut() => break result,
+            signal = &mut retire, if !retiring => {
+                retiring = true;
+                // A dropped sender means the keeper is gone; it aborts this task then.
+                if signal.is_ok() {
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    };
+    result.map_err(ReverseError::Broke)
 }
 
 struct State {
