@@ -2,7 +2,9 @@
 //!
 //! - The sidecar hub: a sidecar with an expired token is refused, and a routes watch ends
 //!   when its token expires; the REAL sidecar reconnects with the token the kubelet
-//!   rotated (its routes stay) and, left with an expired one, goes dormant.
+//!   rotated (its routes stay) and, left with an expired one, goes dormant. A reverse
+//!   connection is retired when its token expires, and the REAL sidecar's reverse
+//!   connection carries a CONNECT every 50 ms across a token rotation without a failure.
 //! - The aggregated API on kubesim, with the chart's own ClusterRole `shunt-user`: bob
 //!   cannot open, read, change or end alice's session (raw HTTP, as the CLI would not
 //!   send it), and alice's traffic still reaches only her; clients that are not
@@ -193,7 +195,7 @@ async fn reverse_connection(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reverse_connection_takes_no_outbound_traffic_once_its_token_expired() {
-    use hub_support::{eventually, start_hub, TestCluster, Tls};
+    use hub_support::{eventually, free_port, sidecar_binary, start_hub, Sidecar, TempDir, TestCluster, Tls};
     let env = TestCluster::start().await;
     let (registry, tunnels, state, tls) = (Registry::default(), Tunnels::default(), HubState::default(), Tls::new());
     let (hub_addr, _hub) = start_hub(&tls, &registry, &tunnels, &env.client, &state).await;
@@ -229,6 +231,117 @@ async fn a_reverse_connection_takes_no_outbound_traffic_once_its_token_expired()
         .expect("the operator closes a retired reverse connection")
         .unwrap();
     assert!(refused_total(&state, "invalid_token") >= 2);
+
+    // The REAL sidecar, whose token the kubelet rotates long before it expires: a CONNECT
+    // through the pod every 50 ms succeeds at every moment, across the switch to the new
+    // token's reverse connection and the old token's expiry (when the hub retires the old
+    // connection). A tunnel open across the rotation keeps working until it is closed.
+    let dir = TempDir::new("auth-reverse");
+    let ca_file = dir.write("ca.pem", &tls.ca_pem);
+    let app = shunt_echo::spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), "app").unwrap();
+    let dest = tcp_echo().await;
+    let first_lifetime = Duration::from_secs(6);
+    let first_expires = Instant::now() + first_lifetime;
+    let token_file = dir.write("token", &token(first_lifetime));
+    let (listen, admin_port) = (free_port(), free_port());
+    let _sidecar = Sidecar::spawn(
+        &sidecar_binary(),
+        &[
+            ("SHUNT_REDIRECT", "port-takeover"),
+            ("SHUNT_APP_PORTS", &app.addr.port().to_string()),
+            ("SHUNT_LISTEN_PORT", &listen.to_string()),
+            ("SHUNT_ADMIN_PORT", &admin_port.to_string()),
+            ("SHUNT_POD_IP", "127.0.0.1"),
+            ("SHUNT_OPERATOR_ADDR", &hub_addr.to_string()),
+            ("SHUNT_OPERATOR_CA", ca_file.to_str().unwrap()),
+            ("SHUNT_TOKEN_FILE", token_file.to_str().unwrap()),
+            ("SHUNT_POD_NAMESPACE", "default"),
+            ("SHUNT_POD_NAME", "api-0"),
+            ("SHUNT_LOG_FORMAT", "text"),
+        ],
+    );
+    let session = hub_session(app.addr.port());
+    let selector = session.selector.clone();
+    registry.create(session).unwrap();
+    registry.set_outbound("default", "alice", true);
+    let connect = || async {
+        let mut picked = state
+            .reverse
+            .pick("default", &selector)
+            .ok_or("no pod has a reverse connection")?;
+        let req = http::Request::connect(dest.to_string()).body(Body::default()).unwrap();
+        picked.sender.ready().await.map_err(|e| e.to_string())?;
+        let resp = picked.sender.send_request(req).await.map_err(|e| e.to_string())?;
+        if resp.status() != 200 {
+            return Err(format!("CONNECT answered {}", resp.status()));
+        }
+        let mut tunnel = TokioIo::new(hyper::upgrade::on(resp).await.map_err(|e| e.to_string())?);
+        echoes(&mut tunnel, b"ping").await?;
+        Ok::<_, String>(tunnel)
+    };
+    let mut open_tunnel = eventually("outbound traffic through the pod", Duration::from_secs(10), || async {
+        connect().await.ok()
+    })
+    .await;
+
+    std::fs::write(&token_file, token(Duration::from_secs(30))).unwrap();
+    let past_first_expiry = first_expires + Duration::from_millis(1500);
+    let (mut connected, mut failed) = (0, Vec::new());
+    while Instant::now() < past_first_expiry {
+        match connect().await {
+            Ok(_) => connected += 1,
+            Err(why) => failed.push(why),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "during the rotation: {connected} CONNECTs through the pod succeeded, {} failed",
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {} CONNECTs through the pod failed across the token rotation: {failed:?}",
+        failed.len(),
+        connected + failed.len()
+    );
+    assert!(state.reverse.is_connected("default", "api-0"));
+    echoes(&mut open_tunnel, b"still open")
+        .await
+        .expect("the tunnel open across the rotation still works");
+}
+
+/// A TCP echo server on `127.0.0.1:0` (a destination of outbound connections).
+async fn tcp_echo() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = stream.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Whether `what` comes back through `tunnel` (within 5 s).
+async fn echoes<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    tunnel: &mut T,
+    what: &[u8],
+) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut back = vec![0; what.len()];
+    let round = async {
+        tunnel.write_all(what).await?;
+        tunnel.read_exact(&mut back).await
+    };
+    match tokio::time::timeout(Duration::from_secs(5), round).await {
+        Ok(Ok(_)) if back == what => Ok(()),
+        Ok(Ok(_)) => Err(format!("the tunnel echoed {back:?}")),
+        Ok(Err(e)) => Err(format!("the tunnel broke: {e}")),
+        Err(_) => Err("no echo within 5 s".into()),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
