@@ -19,7 +19,7 @@ use shunt_webhook::review::answer;
 
 fuzz_target!(|data: &[u8]| {
     // Both redirect modes; chosen by the length so that no byte of the JSON is spent on it.
-    let config = if data.len() % 2 == 0 {
+    let config = if data.len().is_multiple_of(2) {
         &configs().0
     } else {
         &configs().1

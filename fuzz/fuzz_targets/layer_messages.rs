@@ -99,7 +99,7 @@ impl Remote for FakePod {
 
     fn resolve<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<IpAddr>, String>> {
         Box::pin(async move {
-            if name.len() % 2 == 0 {
+            if name.len().is_multiple_of(2) {
                 Ok(vec![IpAddr::V4(Ipv4Addr::new(10, 96, 0, 12))])
             } else {
                 Err(format!("{name}: no such host in the fake pod"))
