@@ -1,5 +1,8 @@
 //! The sidecar's Prometheus metrics, served as text on the admin port.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
+
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -79,9 +82,33 @@ pub struct Metrics {
     pub outbound: Family<OutboundLabels, Counter>,
     /// DNS questions answered for `shunt exec`, by outcome.
     pub dns_lookups: Family<OutboundLabels, Counter>,
+    /// (route id, port) of the routes whose series exist, so that the series of a route
+    /// that ended can be removed: every session has a new id, and a sidecar lives long.
+    route_series: Arc<Mutex<HashSet<(String, u16)>>>,
 }
 
 impl Metrics {
+    /// Removes the per-route series of routes not in `live` (the routes of a new table).
+    pub fn keep_route_series(&self, live: HashSet<(String, u16)>) {
+        let mut known = self.route_series.lock().unwrap_or_else(PoisonError::into_inner);
+        let live_ids: HashSet<&str> = live.iter().map(|(id, _)| id.as_str()).collect();
+        for (route, port) in known.difference(&live) {
+            for outcome in [Outcome::stolen, Outcome::failed_open, Outcome::upstream_error] {
+                self.requests.remove(&RequestLabels {
+                    route: route.clone(),
+                    port: *port,
+                    outcome,
+                });
+            }
+            if !live_ids.contains(route.as_str()) {
+                let labels = RouteLabels { route: route.clone() };
+                self.mirror_sent.remove(&labels);
+                self.mirror_dropped.remove(&labels);
+            }
+        }
+        *known = live;
+    }
+
     /// Registers every metric in a new registry.
     pub fn registry(&self) -> Registry {
         let mut r = Registry::with_prefix("shunt_sidecar");

@@ -106,6 +106,7 @@ impl Table {
                 Mode::Mirror => port.mirrors.push(active),
             }
         }
+        metrics.keep_route_series(set.routes().iter().map(|r| (r.id.clone(), r.port)).collect());
         Table {
             ports: ports.into_iter().map(|(p, r)| (p, Arc::new(r))).collect(),
             set,
@@ -137,4 +138,50 @@ fn request_counter(metrics: &Metrics, route: &str, port: u16, outcome: Outcome) 
             outcome,
         })
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(json: &str) -> RouteSet {
+        RouteSet::from_json(json.as_bytes()).expect("valid routes")
+    }
+
+    fn exposition(metrics: &Metrics) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &metrics.registry()).expect("encodes");
+        text
+    }
+
+    #[test]
+    fn series_of_ended_routes_are_removed() {
+        let metrics = Metrics::default();
+        let alice = set(
+            r#"{"routes": [{"id": "alice-1", "port": 8080, "mode": "steal", "filter": "x-user: alice", "upstream": "http://10.0.0.1:9000"},
+                           {"id": "carol-1", "port": 8080, "mode": "mirror", "filter": "x-user: alice", "upstream": "http://10.0.0.2:9000"}]}"#,
+        );
+        let table = Table::new(alice, &metrics);
+        table.port(8080).expect("port 8080").steals[0].counters.stolen.inc();
+        let text = exposition(&metrics);
+        assert!(text.contains(r#"route="alice-1""#), "{text}");
+        assert!(
+            text.contains(r#"shunt_sidecar_mirror_copies_sent_total{route="carol-1"}"#),
+            "{text}"
+        );
+
+        // The sessions ended and a new one began: only its series remain (and the
+        // per-port series of requests no route took).
+        let bob = set(
+            r#"{"routes": [{"id": "bob-2", "port": 8080, "mode": "steal", "filter": "x-user: bob", "upstream": "http://10.0.0.3:9000"}]}"#,
+        );
+        let _table = Table::new(bob, &metrics);
+        let text = exposition(&metrics);
+        assert!(!text.contains("alice-1") && !text.contains("carol-1"), "{text}");
+        assert!(text.contains(r#"route="bob-2""#), "{text}");
+        assert!(text.contains(r#"route="none""#), "{text}");
+
+        let _dormant = Table::new(RouteSet::default(), &metrics);
+        assert!(!exposition(&metrics).contains("bob-2"));
+    }
 }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use shunt_proto::route::RouteSet;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -217,7 +218,7 @@ async fn lease_keeper(mut up: watch::Receiver<bool>, lease: Duration, tx: watch:
                 if !tx.borrow().set().is_empty() {
                     tracing::warn!(?lease, "no operator connection for the lease; routes dropped (dormant)");
                     metrics.routes.set(0);
-                    tx.send_replace(Arc::new(Table::default()));
+                    tx.send_replace(Arc::new(Table::new(RouteSet::default(), &metrics)));
                 }
                 if up.wait_for(|up| *up).await.is_err() {
                     return;
