@@ -19,10 +19,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use shunt_proto::route::RouteSet;
 use tokio::sync::watch;
-use tokio::time::Instant;
 
 use super::conn::{self, HubError, Watch};
-use super::{HubLink, BACKOFF_MAX, BACKOFF_MIN};
+use super::redial::{EndLog, OpenLog, Redial};
+use super::HubLink;
 use crate::config::HubSettings;
 use crate::metrics::Metrics;
 use crate::table::Table;
@@ -33,6 +33,18 @@ pub(crate) const TOKEN_POLL: Duration = Duration::from_secs(2);
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a replaced connection may take to hand over its requests' responses heads.
 const RETIRE_GRACE: Duration = Duration::from_secs(10);
+
+const END_LOG: EndLog = EndLog {
+    ended: "the operator ended the routes watch; reconnecting",
+    ended_again: "the operator ended the routes watch again",
+    broke: "the routes watch broke",
+};
+
+const OPEN_LOG: OpenLog = OpenLog {
+    failed: "no routes from the operator",
+    rotation_failed: "cannot connect with the rotated token; the current connection keeps serving until it works",
+    rotation_still_failing: "still cannot connect with the rotated token",
+};
 
 /// Runs the hub source until `tx` has no receivers: connect, watch, publish, redial.
 pub async fn run(
@@ -71,10 +83,7 @@ pub(super) async fn keep<D, F>(
 
     let mut current: Option<Watch> = None;
     let mut opening: Option<std::pin::Pin<Box<tokio::time::Timeout<F>>>> = None;
-    let mut dial_at = Some(Instant::now());
-    let mut backoff = BACKOFF_MIN;
-    let mut quick_redial: Option<Instant> = None;
-    let mut rotation_failing = false;
+    let mut redial = Redial::new();
     let mut poll = tokio::time::interval(TOKEN_POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -89,28 +98,7 @@ pub(super) async fn keep<D, F>(
                     // Without the routes watch nobody says the reverse connection is still wanted.
                     link.want_outbound(false);
                     up.send_replace(false);
-                    let delay = match ended {
-                        // Once per BACKOFF_MAX at most, so a hub that keeps ending watches
-                        // at once is not hammered.
-                        Ok(_) if quick_redial.is_none_or(|at| at.elapsed() >= BACKOFF_MAX) => {
-                            tracing::info!(hub.addr = addr, "the operator ended the routes watch; reconnecting");
-                            quick_redial = Some(Instant::now());
-                            Duration::ZERO
-                        }
-                        Ok(_) => {
-                            tracing::info!(hub.addr = addr, retry_in = ?backoff, "the operator ended the routes watch again");
-                            next_backoff(&mut backoff)
-                        }
-                        Err(error) => {
-                            tracing::warn!(hub.addr = addr, %error, retry_in = ?backoff, "the routes watch broke");
-                            next_backoff(&mut backoff)
-                        }
-                    };
-                    // A connection being opened (a rotation) takes over when it is up.
-                    if opening.is_none() {
-                        let at = Instant::now() + delay;
-                        dial_at = Some(dial_at.map_or(at, |t| t.min(at)));
-                    }
+                    redial.ended(ended.map(drop), opening.is_some(), addr, &END_LOG);
                 }
             },
             opened = finish(&mut opening) => {
@@ -120,62 +108,42 @@ pub(super) async fn keep<D, F>(
                         publish(&first);
                         link.set(Some(watch.connection()));
                         up.send_replace(true);
-                        backoff = BACKOFF_MIN;
+                        redial.connected();
                         if let Some(old) = current.replace(watch) {
                             tracing::info!(hub.addr = addr, "switched to a connection with the rotated token; closing the old one");
                             tokio::spawn(old.retire(RETIRE_GRACE));
                         }
-                        rotation_failing = false;
                     }
-                    Err(error) => {
-                        let retry_in = backoff;
-                        dial_at = Some(Instant::now() + next_backoff(&mut backoff));
-                        if current.is_none() {
-                            tracing::warn!(hub.addr = addr, %error, ?retry_in, "no routes from the operator");
-                        } else if !rotation_failing {
-                            rotation_failing = true;
-                            tracing::warn!(hub.addr = addr, %error, ?retry_in, "cannot connect with the rotated token; the current connection keeps serving until it works");
-                        } else {
-                            tracing::debug!(hub.addr = addr, %error, ?retry_in, "still cannot connect with the rotated token");
-                        }
-                    }
+                    Err(error) => redial.open_failed(error, current.is_some(), addr, &OPEN_LOG),
                 }
             },
-            () = sleep_until(dial_at), if opening.is_none() => {
-                dial_at = None;
+            () = redial.due(), if opening.is_none() => {
+                redial.dialling();
                 let token = match conn::read_token(settings) {
                     Ok(token) => token,
                     Err(error) => {
-                        let retry_in = backoff;
-                        dial_at = Some(Instant::now() + next_backoff(&mut backoff));
+                        let retry_in = redial.retry();
                         tracing::warn!(%error, ?retry_in, "no token to connect to the operator with");
                         continue;
                     }
                 };
                 // A rotation retried after the file went back to the current token: done.
                 if current.as_ref().is_some_and(|w| w.token() == token) {
-                    rotation_failing = false;
+                    redial.rotation_done();
                     continue;
                 }
                 opening = Some(Box::pin(tokio::time::timeout(OPEN_TIMEOUT, dial(token))));
             },
-            _ = poll.tick(), if opening.is_none() && dial_at.is_none() && current.is_some() => {
+            _ = poll.tick(), if opening.is_none() && !redial.scheduled() && current.is_some() => {
                 let rotated = conn::read_token(settings)
                     .is_ok_and(|token| current.as_ref().is_some_and(|w| w.token() != token));
                 if rotated {
                     tracing::info!(hub.addr = addr, "the token file changed; opening a connection with the new token");
-                    dial_at = Some(Instant::now());
+                    redial.dial_now();
                 }
             },
         }
     }
-}
-
-/// The current back-off, doubling the next one (capped).
-pub(crate) fn next_backoff(backoff: &mut Duration) -> Duration {
-    let now = *backoff;
-    *backoff = (now * 2).min(BACKOFF_MAX);
-    now
 }
 
 /// The open watch's next document; never resolves without one.
@@ -190,14 +158,6 @@ async fn next_document(current: &mut Option<Watch>) -> Result<Option<Bytes>, Hub
 pub(crate) async fn finish<F: Future + Unpin>(opening: &mut Option<F>) -> F::Output {
     match opening {
         Some(f) => f.await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Sleeps until `at`; never resolves without one.
-pub(crate) async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }

@@ -14,6 +14,7 @@
 
 pub mod conn;
 pub(crate) mod keeper;
+pub(crate) mod redial;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests;

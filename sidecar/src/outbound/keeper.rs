@@ -19,18 +19,30 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::{Id, JoinSet};
-use tokio::time::Instant;
 
 use super::dial::{self, Accepted};
 use super::{serve, ReverseError, State, MAX_OPEN};
 use crate::config::HubSettings;
 use crate::hub::conn::read_token;
-use crate::hub::keeper::{finish, next_backoff, sleep_until, TOKEN_POLL};
-use crate::hub::{BACKOFF_MAX, BACKOFF_MIN};
+use crate::hub::keeper::{finish, TOKEN_POLL};
+use crate::hub::redial::{EndLog, OpenLog, Redial};
 use crate::metrics::Metrics;
 
 /// Longest time to open a reverse connection and hear the hub on it.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+const END_LOG: EndLog = EndLog {
+    ended: "the operator closed the reverse connection; reconnecting",
+    ended_again: "the operator closed the reverse connection again",
+    broke: "reverse connection for outbound traffic failed",
+};
+
+const OPEN_LOG: OpenLog = OpenLog {
+    failed: "reverse connection for outbound traffic failed",
+    rotation_failed:
+        "cannot open a reverse connection with the rotated token; the current one keeps serving until it works",
+    rotation_still_failing: "still cannot open a reverse connection with the rotated token",
+};
 
 /// Keeps the reverse connection up while `wanted` is `true`, until its sender is gone.
 pub async fn run(settings: HubSettings, wanted: watch::Receiver<bool>, metrics: Metrics) {
@@ -69,10 +81,7 @@ where
     let mut opening: Option<Pin<Box<tokio::time::Timeout<F>>>> = None;
     // The token the connection being opened carries.
     let mut opening_token = String::new();
-    let mut dial_at = Some(Instant::now());
-    let mut backoff = BACKOFF_MIN;
-    let mut quick_redial: Option<Instant> = None;
-    let mut rotation_failing = false;
+    let mut redial = Redial::new();
     let mut poll = tokio::time::interval(TOKEN_POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -83,12 +92,11 @@ where
             }
             // Dropping the set aborts the connections and their streams.
             (serving, current, opening) = (JoinSet::new(), None, None);
-            backoff = BACKOFF_MIN;
-            rotation_failing = false;
+            redial.reset();
             if wanted.wait_for(|w| *w).await.is_err() {
                 return;
             }
-            dial_at = Some(Instant::now());
+            redial.dial_now();
         }
         tokio::select! {
             changed = wanted.changed() => if changed.is_err() {
@@ -104,28 +112,7 @@ where
                     continue;
                 }
                 current = None;
-                let delay = match result {
-                    // Once per BACKOFF_MAX at most, so a hub that keeps ending connections
-                    // at once is not hammered.
-                    Ok(()) if quick_redial.is_none_or(|at| at.elapsed() >= BACKOFF_MAX) => {
-                        tracing::info!(hub.addr = addr, "the operator closed the reverse connection; reconnecting");
-                        quick_redial = Some(Instant::now());
-                        Duration::ZERO
-                    }
-                    Ok(()) => {
-                        tracing::info!(hub.addr = addr, retry_in = ?backoff, "the operator closed the reverse connection again");
-                        next_backoff(&mut backoff)
-                    }
-                    Err(error) => {
-                        tracing::warn!(hub.addr = addr, %error, retry_in = ?backoff, "reverse connection for outbound traffic failed");
-                        next_backoff(&mut backoff)
-                    }
-                };
-                // A connection being opened (a rotation) takes over when it is up.
-                if opening.is_none() {
-                    let at = Instant::now() + delay;
-                    dial_at = Some(dial_at.map_or(at, |t| t.min(at)));
-                }
+                redial.ended(result, opening.is_some(), addr, &END_LOG);
             },
             opened = finish(&mut opening) => {
                 opening = None;
@@ -137,8 +124,7 @@ where
                         let (retire, retired) = oneshot::channel();
                         let task = serving.spawn(serve(accepted, state.clone(), retired)).id();
                         let token = std::mem::take(&mut opening_token);
-                        backoff = BACKOFF_MIN;
-                        rotation_failing = false;
+                        redial.connected();
                         match current.replace(Current { task, token, retire }) {
                             Some(old) => {
                                 tracing::info!(hub.addr = addr, "reverse connection with the rotated token up; the old one finishes its open connections and closes");
@@ -147,45 +133,33 @@ where
                             None => tracing::info!(hub.addr = addr, "reverse connection up: serving outbound traffic"),
                         }
                     }
-                    Err(error) => {
-                        let retry_in = backoff;
-                        dial_at = Some(Instant::now() + next_backoff(&mut backoff));
-                        if current.is_none() {
-                            tracing::warn!(hub.addr = addr, %error, ?retry_in, "reverse connection for outbound traffic failed");
-                        } else if !rotation_failing {
-                            rotation_failing = true;
-                            tracing::warn!(hub.addr = addr, %error, ?retry_in, "cannot open a reverse connection with the rotated token; the current one keeps serving until it works");
-                        } else {
-                            tracing::debug!(hub.addr = addr, %error, ?retry_in, "still cannot open a reverse connection with the rotated token");
-                        }
-                    }
+                    Err(error) => redial.open_failed(error, current.is_some(), addr, &OPEN_LOG),
                 }
             },
-            () = sleep_until(dial_at), if opening.is_none() => {
-                dial_at = None;
+            () = redial.due(), if opening.is_none() => {
+                redial.dialling();
                 let token = match read_token(settings) {
                     Ok(token) => token,
                     Err(error) => {
-                        let retry_in = backoff;
-                        dial_at = Some(Instant::now() + next_backoff(&mut backoff));
+                        let retry_in = redial.retry();
                         tracing::warn!(%error, ?retry_in, "no token to open the reverse connection with");
                         continue;
                     }
                 };
                 // A rotation retried after the file went back to the current token: done.
                 if current.as_ref().is_some_and(|c| c.token == token) {
-                    rotation_failing = false;
+                    redial.rotation_done();
                     continue;
                 }
                 opening_token.clone_from(&token);
                 opening = Some(Box::pin(tokio::time::timeout(OPEN_TIMEOUT, dial(token))));
             },
-            _ = poll.tick(), if opening.is_none() && dial_at.is_none() && current.is_some() => {
+            _ = poll.tick(), if opening.is_none() && !redial.scheduled() && current.is_some() => {
                 let rotated = read_token(settings)
                     .is_ok_and(|token| current.as_ref().is_some_and(|c| c.token != token));
                 if rotated {
                     tracing::info!(hub.addr = addr, "the token file changed; opening a reverse connection with the new token");
-                    dial_at = Some(Instant::now());
+                    redial.dial_now();
                 }
             },
         }
