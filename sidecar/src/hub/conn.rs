@@ -192,7 +192,19 @@ impl Watch {
 /// Dials the hub (TLS) and opens the routes watch with `token`; returns the watch and its
 /// first document.
 pub(super) async fn open(settings: &HubSettings, token: String) -> Result<(Watch, Bytes), HubError> {
-    let connector = tls_connector(settings, b"h2")?;
+    let tls = connect_tls(settings, b"h2").await?;
+    let opened = handshake(TokioIo::new(tls), settings, token).await?;
+    tracing::info!(hub.addr = %settings.addr, "routes watch open");
+    Ok(opened)
+}
+
+/// Dials the hub (TCP, then TLS offering `alpn`): the part the routes watch and the
+/// reverse connection ([`crate::outbound::dial`]) share.
+pub(crate) async fn connect_tls(
+    settings: &HubSettings,
+    alpn: &[u8],
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, HubError> {
+    let connector = tls_connector(settings, alpn)?;
     let connect_err = |why: String| HubError::Connect {
         addr: settings.addr.clone(),
         why,
@@ -204,13 +216,10 @@ pub(super) async fn open(settings: &HubSettings, token: String) -> Result<(Watch
         .map_err(|_| connect_err(format!("timed out after {CONNECT_TIMEOUT:?}")))?
         .map_err(|e| connect_err(e.to_string()))?;
     let _ = tcp.set_nodelay(true);
-    let tls = connector
+    connector
         .connect(name, tcp)
         .await
-        .map_err(|e| connect_err(format!("TLS: {e}")))?;
-    let opened = handshake(TokioIo::new(tls), settings, token).await?;
-    tracing::info!(hub.addr = %settings.addr, "routes watch open");
-    Ok(opened)
+        .map_err(|e| connect_err(format!("TLS: {e}")))
 }
 
 /// HTTP/2 over `io` (any stream: tests use in-memory ones), the routes watch with `token`,

@@ -6,23 +6,18 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http::{header, Request, StatusCode};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
 use shunt_proto::hub::{HEADER_POD, HEADER_PROTOCOL, PROTOCOL_VERSION, REVERSE_PATH, REVERSE_UPGRADE};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 use super::ReverseError;
 use crate::config::HubSettings;
-use crate::hub::conn::{refusal, tls_connector, HubError};
+use crate::hub::conn::{connect_tls, refusal, HubError};
 use crate::proxy::body::{empty, OutBody};
-
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An upgraded reverse connection on which the hub has spoken: the bytes read to learn
 /// that come first, then the stream.
@@ -33,22 +28,7 @@ pub(crate) struct Accepted {
 
 /// Dials the hub (TCP, TLS) and upgrades with `token` ([`upgrade`]).
 pub(super) async fn open(settings: &HubSettings, token: String) -> Result<Accepted, ReverseError> {
-    let connect_err = |why: String| HubError::Connect {
-        addr: settings.addr.clone(),
-        why,
-    };
-    let connector = tls_connector(settings, b"http/1.1")?;
-    let name = ServerName::try_from(settings.server_name.clone())
-        .map_err(|e| connect_err(format!("SHUNT_OPERATOR_SERVER_NAME {:?}: {e}", settings.server_name)))?;
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&settings.addr))
-        .await
-        .map_err(|_| connect_err(format!("timed out after {CONNECT_TIMEOUT:?}")))?
-        .map_err(|e| connect_err(e.to_string()))?;
-    let _ = tcp.set_nodelay(true);
-    let tls = connector
-        .connect(name, tcp)
-        .await
-        .map_err(|e| connect_err(format!("TLS: {e}")))?;
+    let tls = connect_tls(settings, b"http/1.1").await?;
     upgrade(TokioIo::new(tls), settings, token).await
 }
 
