@@ -18,9 +18,8 @@
 mod hub_support;
 mod support;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
@@ -31,32 +30,15 @@ use shunt_operator::api::tunnel::WsIo;
 use shunt_operator::hub::HubState;
 use shunt_operator::registry::{Registry, Session};
 use shunt_operator::tunnel::{Body, Tunnels};
-use shunt_proto::filter::Filter;
 use shunt_proto::names::SIDECAR_TOKEN_AUDIENCE;
 use shunt_proto::route::Mode;
-use shunt_proto::session::{SessionPort, SessionSpec, SessionStatus};
 use support::{poll, request, sessions, Operator, Setup};
 
 const NS: &str = "shop";
 
 /// alice's steal session on `deployment/api` in `default` (the hub tests' namespace).
-fn hub_session(app_port: u16) -> Session {
-    Session {
-        namespace: "default".into(),
-        name: "alice".into(),
-        uid: "alice".into(),
-        user: "alice".into(),
-        groups: vec![],
-        spec: SessionSpec {
-            target: "deployment/api".parse().unwrap(),
-            mode: Mode::Steal,
-            filter: Some(Filter::parse("x-shunt-user: alice").unwrap()),
-            ports: vec![SessionPort { port: app_port }],
-        },
-        selector: BTreeMap::from([("app".to_owned(), "api".to_owned())]),
-        created: SystemTime::now(),
-        status: SessionStatus::default(),
-    }
+fn alice_session(app_port: u16) -> Session {
+    hub_support::hub_session("alice", "alice", "api", app_port, Mode::Steal)
 }
 
 fn refused_total(state: &HubState, reason: &str) -> u64 {
@@ -94,7 +76,7 @@ async fn the_hub_refuses_an_expired_token_and_ends_a_watch_when_its_token_expire
 
     // A watch opened with a token that expires 3 s later ends then; one opened with a
     // 10-minute token stays.
-    registry.create(hub_session(8080)).unwrap();
+    registry.create(alice_session(8080)).unwrap();
     let issued = Instant::now();
     let short = token(Duration::from_secs(3));
     let (short_conn, long_conn) = (
@@ -195,7 +177,7 @@ async fn reverse_connection(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reverse_connection_takes_no_outbound_traffic_once_its_token_expired() {
-    use hub_support::{eventually, free_port, sidecar_binary, start_hub, Sidecar, TempDir, TestCluster, Tls};
+    use hub_support::{eventually, sidecar_binary, start_hub, Sidecar, TempDir, TestCluster, Tls};
     let env = TestCluster::start().await;
     let (registry, tunnels, state, tls) = (Registry::default(), Tunnels::default(), HubState::default(), Tls::new());
     let (hub_addr, _hub) = start_hub(&tls, &registry, &tunnels, &env.client, &state).await;
@@ -243,24 +225,8 @@ async fn a_reverse_connection_takes_no_outbound_traffic_once_its_token_expired()
     let first_lifetime = Duration::from_secs(6);
     let first_expires = Instant::now() + first_lifetime;
     let token_file = dir.write("token", &token(first_lifetime));
-    let (listen, admin_port) = (free_port(), free_port());
-    let _sidecar = Sidecar::spawn(
-        &sidecar_binary(),
-        &[
-            ("SHUNT_REDIRECT", "port-takeover"),
-            ("SHUNT_APP_PORTS", &app.addr.port().to_string()),
-            ("SHUNT_LISTEN_PORT", &listen.to_string()),
-            ("SHUNT_ADMIN_PORT", &admin_port.to_string()),
-            ("SHUNT_POD_IP", "127.0.0.1"),
-            ("SHUNT_OPERATOR_ADDR", &hub_addr.to_string()),
-            ("SHUNT_OPERATOR_CA", ca_file.to_str().unwrap()),
-            ("SHUNT_TOKEN_FILE", token_file.to_str().unwrap()),
-            ("SHUNT_POD_NAMESPACE", "default"),
-            ("SHUNT_POD_NAME", "api-0"),
-            ("SHUNT_LOG_FORMAT", "text"),
-        ],
-    );
-    let session = hub_session(app.addr.port());
+    let (_sidecar, ..) = Sidecar::takeover(&sidecar_binary(), app.addr.port(), hub_addr, &ca_file, &token_file, &[]);
+    let session = alice_session(app.addr.port());
     let selector = session.selector.clone();
     registry.create(session).unwrap();
     registry.set_outbound("default", "alice", true);
@@ -346,7 +312,7 @@ async fn echoes<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sidecar_reconnects_with_its_rotated_token_and_goes_dormant_when_left_with_an_expired_one() {
-    use hub_support::{eventually, free_port, sidecar_binary, start_hub, who, Cli, Sidecar, TempDir, TestCluster, Tls};
+    use hub_support::{eventually, sidecar_binary, start_hub, who, Cli, Sidecar, TempDir, TestCluster, Tls};
     let sidecar_bin = sidecar_binary();
     let env = TestCluster::start().await;
     let (registry, tunnels, state, tls) = (Registry::default(), Tunnels::default(), HubState::default(), Tls::new());
@@ -362,26 +328,16 @@ async fn a_sidecar_reconnects_with_its_rotated_token_and_goes_dormant_when_left_
     let first_lifetime = Duration::from_secs(6);
     let first_expires = Instant::now() + first_lifetime;
     let token_file = dir.write("token", &token(first_lifetime));
-    let (listen, admin_port) = (free_port(), free_port());
-    let _sidecar = Sidecar::spawn(
+    let (_sidecar, listen, admin_port) = Sidecar::takeover(
         &sidecar_bin,
-        &[
-            ("SHUNT_REDIRECT", "port-takeover"),
-            ("SHUNT_APP_PORTS", &app.addr.port().to_string()),
-            ("SHUNT_LISTEN_PORT", &listen.to_string()),
-            ("SHUNT_ADMIN_PORT", &admin_port.to_string()),
-            ("SHUNT_POD_IP", "127.0.0.1"),
-            ("SHUNT_OPERATOR_ADDR", &hub_addr.to_string()),
-            ("SHUNT_OPERATOR_CA", ca_file.to_str().unwrap()),
-            ("SHUNT_TOKEN_FILE", token_file.to_str().unwrap()),
-            ("SHUNT_POD_NAMESPACE", "default"),
-            ("SHUNT_POD_NAME", "api-0"),
-            ("SHUNT_LEASE_SECONDS", "2"),
-            ("SHUNT_LOG_FORMAT", "text"),
-        ],
+        app.addr.port(),
+        hub_addr,
+        &ca_file,
+        &token_file,
+        &[("SHUNT_LEASE_SECONDS", "2")],
     );
     let _cli = Cli::register(&tunnels, "default", "alice").await;
-    registry.create(hub_session(app.addr.port())).unwrap();
+    registry.create(alice_session(app.addr.port())).unwrap();
     let url = format!("http://127.0.0.1:{listen}/");
     eventually("alice's requests reach her CLI", Duration::from_secs(10), || async {
         (who(&url, Some("x-shunt-user: alice")).await? == "cli-alice").then_some(())

@@ -6,8 +6,7 @@
 
 mod hub_support;
 
-use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use hub_support::*;
 use k8s_openapi::api::core::v1::Pod;
@@ -15,31 +14,10 @@ use kube::api::{Api, Patch, PatchParams};
 use shunt_operator::hub::HubState;
 use shunt_operator::registry::{Registry, Session};
 use shunt_operator::tunnel::Tunnels;
-use shunt_proto::filter::Filter;
 use shunt_proto::route::Mode;
-use shunt_proto::session::{SessionPort, SessionSpec, SessionStatus};
-
-fn session_with(name: &str, user: &str, app: &str, port: u16, mode: Mode) -> Session {
-    Session {
-        namespace: "default".into(),
-        name: name.into(),
-        uid: name.into(),
-        user: user.into(),
-        groups: vec![],
-        spec: SessionSpec {
-            target: format!("deployment/{app}").parse().unwrap(),
-            mode,
-            filter: Some(Filter::parse(&format!("x-shunt-user: {user}")).unwrap()),
-            ports: vec![SessionPort { port }],
-        },
-        selector: BTreeMap::from([("app".to_owned(), app.to_owned())]),
-        created: SystemTime::now(),
-        status: SessionStatus::default(),
-    }
-}
 
 fn session(name: &str, user: &str, app: &str, port: u16) -> Session {
-    session_with(name, user, app, port, Mode::Steal)
+    hub_session(name, user, app, port, Mode::Steal)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -58,23 +36,13 @@ async fn sidecars_get_routes_and_relay_through_the_hub() {
     let app = shunt_echo::spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), "app").unwrap();
     let app_port = app.addr.port();
     let token_file = dir.write("token", &env.token("api-0", "shunt.dev/sidecar").await);
-    let (listen, admin_port) = (free_port(), free_port());
-    let _sidecar = Sidecar::spawn(
+    let (_sidecar, listen, admin_port) = Sidecar::takeover(
         &sidecar_bin,
-        &[
-            ("SHUNT_REDIRECT", "port-takeover"),
-            ("SHUNT_APP_PORTS", &app_port.to_string()),
-            ("SHUNT_LISTEN_PORT", &listen.to_string()),
-            ("SHUNT_ADMIN_PORT", &admin_port.to_string()),
-            ("SHUNT_POD_IP", "127.0.0.1"),
-            ("SHUNT_OPERATOR_ADDR", &hub_addr.to_string()),
-            ("SHUNT_OPERATOR_CA", ca_file.to_str().unwrap()),
-            ("SHUNT_TOKEN_FILE", token_file.to_str().unwrap()),
-            ("SHUNT_POD_NAMESPACE", "default"),
-            ("SHUNT_POD_NAME", "api-0"),
-            ("SHUNT_LEASE_SECONDS", "2"),
-            ("SHUNT_LOG_FORMAT", "text"),
-        ],
+        app_port,
+        hub_addr,
+        &ca_file,
+        &token_file,
+        &[("SHUNT_LEASE_SECONDS", "2")],
     );
     let url = format!("http://127.0.0.1:{listen}/hello");
     let admin = format!("127.0.0.1:{admin_port}");
@@ -112,7 +80,7 @@ async fn sidecars_get_routes_and_relay_through_the_hub() {
     // A mirror session gets a copy over the hub; the app still answers.
     let mirror_cli = Cli::register(&tunnels, "default", "bob-mirror").await;
     registry
-        .create(session_with("bob-mirror", "bob", "api", app_port, Mode::Mirror))
+        .create(hub_session("bob-mirror", "bob", "api", app_port, Mode::Mirror))
         .unwrap();
     eventually("bob's copies reach his CLI", Duration::from_secs(5), || async {
         assert_eq!(who(&url, Some("x-shunt-user: bob")).await.as_deref(), Some("app"));

@@ -2,12 +2,13 @@
 //! hub on loopback, the sidecar process, a CLI side on a duplex stream, a raw hub client.
 #![allow(dead_code, clippy::unwrap_used, missing_docs)]
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -20,8 +21,11 @@ use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use shunt_operator::hub::{self, HubConfig, HubState};
-use shunt_operator::registry::Registry;
+use shunt_operator::registry::{Registry, Session};
 use shunt_operator::tunnel::{Body, Tunnels};
+use shunt_proto::filter::Filter;
+use shunt_proto::route::Mode;
+use shunt_proto::session::{SessionPort, SessionSpec, SessionStatus};
 use tokio::task::JoinHandle;
 
 /// The `shunt-sidecar` binary next to this test's target directory.
@@ -203,6 +207,27 @@ pub async fn start_hub(
     (addr, task)
 }
 
+/// `user`'s session `name` on `deployment/<app>` in `default` (the hub tests' namespace),
+/// filtered on `x-shunt-user: <user>`.
+pub fn hub_session(name: &str, user: &str, app: &str, port: u16, mode: Mode) -> Session {
+    Session {
+        namespace: "default".into(),
+        name: name.into(),
+        uid: name.into(),
+        user: user.into(),
+        groups: vec![],
+        spec: SessionSpec {
+            target: format!("deployment/{app}").parse().unwrap(),
+            mode,
+            filter: Some(Filter::parse(&format!("x-shunt-user: {user}")).unwrap()),
+            ports: vec![SessionPort { port }],
+        },
+        selector: BTreeMap::from([("app".to_owned(), app.to_owned())]),
+        created: SystemTime::now(),
+        status: SessionStatus::default(),
+    }
+}
+
 /// The sidecar process; its log is printed if the test fails.
 pub struct Sidecar {
     child: Child,
@@ -219,6 +244,41 @@ impl Sidecar {
             .spawn()
             .unwrap();
         Sidecar { child, log }
+    }
+
+    /// The sidecar of pod `default/api-0` in port-takeover mode on loopback, for the app on
+    /// `app_port`, with the hub at `hub_addr` as its source; `extra` adds variables. Returns
+    /// it with its listen and admin ports.
+    pub fn takeover(
+        bin: &Path,
+        app_port: u16,
+        hub_addr: SocketAddr,
+        ca_file: &Path,
+        token_file: &Path,
+        extra: &[(&str, &str)],
+    ) -> (Sidecar, u16, u16) {
+        let (listen, admin_port) = (free_port(), free_port());
+        let (app_port, listen_s, admin_s, hub_s) = (
+            app_port.to_string(),
+            listen.to_string(),
+            admin_port.to_string(),
+            hub_addr.to_string(),
+        );
+        let mut env = vec![
+            ("SHUNT_REDIRECT", "port-takeover"),
+            ("SHUNT_APP_PORTS", app_port.as_str()),
+            ("SHUNT_LISTEN_PORT", listen_s.as_str()),
+            ("SHUNT_ADMIN_PORT", admin_s.as_str()),
+            ("SHUNT_POD_IP", "127.0.0.1"),
+            ("SHUNT_OPERATOR_ADDR", hub_s.as_str()),
+            ("SHUNT_OPERATOR_CA", ca_file.to_str().unwrap()),
+            ("SHUNT_TOKEN_FILE", token_file.to_str().unwrap()),
+            ("SHUNT_POD_NAMESPACE", "default"),
+            ("SHUNT_POD_NAME", "api-0"),
+            ("SHUNT_LOG_FORMAT", "text"),
+        ];
+        env.extend_from_slice(extra);
+        (Sidecar::spawn(bin, &env), listen, admin_port)
     }
 }
 
