@@ -55,11 +55,7 @@ async fn the_hub_refuses_an_expired_token_and_ends_a_watch_when_its_token_expire
     let env = TestCluster::start().await;
     let (registry, tunnels, state, tls) = (Registry::default(), Tunnels::default(), HubState::default(), Tls::new());
     let (hub_addr, _hub) = start_hub(&tls, &registry, &tunnels, &env.client, &state).await;
-    let token = |lifetime: Duration| {
-        env.cluster
-            .issue_token("default", "api", Some("api-0"), &[SIDECAR_TOKEN_AUDIENCE], lifetime)
-            .unwrap()
-    };
+    let token = |lifetime: Duration| env.sidecar_token(lifetime);
 
     // An expired token opens nothing, and the sidecar is told why.
     let conn = HubConn::connect(hub_addr, &tls.ca_pem).await;
@@ -181,11 +177,7 @@ async fn a_reverse_connection_takes_no_outbound_traffic_once_its_token_expired()
     let env = TestCluster::start().await;
     let (registry, tunnels, state, tls) = (Registry::default(), Tunnels::default(), HubState::default(), Tls::new());
     let (hub_addr, _hub) = start_hub(&tls, &registry, &tunnels, &env.client, &state).await;
-    let token = |lifetime: Duration| {
-        env.cluster
-            .issue_token("default", "api", Some("api-0"), &[SIDECAR_TOKEN_AUDIENCE], lifetime)
-            .unwrap()
-    };
+    let token = |lifetime: Duration| env.sidecar_token(lifetime);
     let (status, _) = reverse_connection(hub_addr, &tls.ca_pem, &token(Duration::ZERO)).await;
     assert_eq!(status, 401, "an expired token opens no reverse connection");
 
@@ -319,11 +311,7 @@ async fn a_sidecar_reconnects_with_its_rotated_token_and_goes_dormant_when_left_
     let (hub_addr, _hub) = start_hub(&tls, &registry, &tunnels, &env.client, &state).await;
     let dir = TempDir::new("auth");
     let ca_file = dir.write("ca.pem", &tls.ca_pem);
-    let token = |lifetime: Duration| {
-        env.cluster
-            .issue_token("default", "api", Some("api-0"), &[SIDECAR_TOKEN_AUDIENCE], lifetime)
-            .unwrap()
-    };
+    let token = |lifetime: Duration| env.sidecar_token(lifetime);
     let app = shunt_echo::spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), "app").unwrap();
     let first_lifetime = Duration::from_secs(6);
     let first_expires = Instant::now() + first_lifetime;

@@ -24,6 +24,7 @@ use shunt_operator::hub::{self, HubConfig, HubState};
 use shunt_operator::registry::{Registry, Session};
 use shunt_operator::tunnel::{Body, Tunnels};
 use shunt_proto::filter::Filter;
+use shunt_proto::names::SIDECAR_TOKEN_AUDIENCE;
 use shunt_proto::route::Mode;
 use shunt_proto::session::{SessionPort, SessionSpec, SessionStatus};
 use tokio::task::JoinHandle;
@@ -128,6 +129,14 @@ impl TestCluster {
                 .unwrap();
         }
         TestCluster { cluster, client }
+    }
+
+    /// A sidecar token of pod `default/api-0` that expires after `lifetime` (`ZERO`: already
+    /// expired), issued directly by the test cluster.
+    pub fn sidecar_token(&self, lifetime: Duration) -> String {
+        self.cluster
+            .issue_token("default", "api", Some("api-0"), &[SIDECAR_TOKEN_AUDIENCE], lifetime)
+            .unwrap()
     }
 
     /// A token of ServiceAccount `api` bound to `pod`, for `audience`.
