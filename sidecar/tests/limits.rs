@@ -10,7 +10,6 @@ mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,26 +23,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 struct World {
-    pod: Pod,
-    _dir: TempDir,
-    routes: PathBuf,
+    ns: SidecarPod,
     sidecar: u32,
-    /// `pod-ip:8080`
-    base: String,
-    /// `pod-ip:15090`
-    admin: String,
+}
+
+impl std::ops::Deref for World {
+    type Target = SidecarPod;
+
+    fn deref(&self) -> &SidecarPod {
+        &self.ns
+    }
 }
 
 impl World {
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.base)
-    }
-
-    fn set_routes(&self, routes: &[serde_json::Value]) {
-        write_routes(&self.routes, routes);
-        wait_routes(&self.admin, routes.len());
-    }
-
     fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.sidecar)).unwrap();
         status
@@ -63,25 +55,10 @@ async fn world() -> World {
     let pod = Pod::create().unwrap();
     let listener = pod.bind(SocketAddr::from(([0, 0, 0, 0], 8080))).unwrap();
     counter(TcpListener::from_std(listener).unwrap(), "app");
-    let dir = TempDir::new("limits");
-    let routes = dir.path("routes.json");
-    write_routes(&routes, &[]);
-    let mut cmd = pod.command(SIDECAR);
-    cmd.env("SHUNT_APP_PORTS", "8080")
-        .env("SHUNT_ROUTES_FILE", &routes)
-        .env("SHUNT_LOG_FORMAT", "text")
-        .env("SHUNT_LOG", "warn");
-    let sidecar = pod.spawn(cmd).unwrap();
-    let world = World {
-        base: format!("{}:8080", pod.ip),
-        admin: format!("{}:15090", pod.ip),
-        pod,
-        _dir: dir,
-        routes,
-        sidecar,
-    };
-    wait_ready(&world.admin);
-    world
+    let ns = SidecarPod::new(pod, "limits");
+    write_routes(&ns.routes, &[]);
+    let sidecar = ns.start_sidecar("warn");
+    World { ns, sidecar }
 }
 
 /// A developer upstream in the root namespace, reachable from the pod.

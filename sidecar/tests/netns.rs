@@ -9,7 +9,6 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use shunt_echo::Echo;
@@ -17,42 +16,24 @@ use shunt_netns::{root_available, Pod};
 use support::*;
 
 struct World {
-    pod: Pod,
-    _dir: TempDir,
-    routes: PathBuf,
+    ns: SidecarPod,
     sidecar: u32,
     app: Option<Echo>,
-    /// `pod-ip:8080`
-    base: String,
-    /// `pod-ip:15090`
-    admin: String,
+}
+
+impl std::ops::Deref for World {
+    type Target = SidecarPod;
+
+    fn deref(&self) -> &SidecarPod {
+        &self.ns
+    }
 }
 
 impl World {
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.base)
-    }
-
     /// An echo server in the root namespace, reachable from the pod: a "developer".
     async fn developer(&self, name: &str) -> Echo {
         let listener = tokio::net::TcpListener::bind((self.pod.host_ip, 0)).await.unwrap();
         shunt_echo::spawn(listener, name).unwrap()
-    }
-
-    fn start_sidecar(&self) -> u32 {
-        let mut cmd = self.pod.command(SIDECAR);
-        cmd.env("SHUNT_APP_PORTS", "8080")
-            .env("SHUNT_ROUTES_FILE", &self.routes)
-            .env("SHUNT_LOG_FORMAT", "text")
-            .env("SHUNT_LOG", "info");
-        let pid = self.pod.spawn(cmd).unwrap();
-        wait_ready(&self.admin);
-        pid
-    }
-
-    fn set_routes(&self, routes: &[serde_json::Value]) {
-        write_routes(&self.routes, routes);
-        wait_routes(&self.admin, routes.len());
     }
 
     fn has_table(&self) -> bool {
@@ -74,19 +55,9 @@ async fn world(with_app: bool) -> World {
     } else {
         None
     };
-    let dir = TempDir::new("netns");
-    let routes = dir.path("routes.json");
-    let mut world = World {
-        base: format!("{}:8080", pod.ip),
-        admin: format!("{}:15090", pod.ip),
-        pod,
-        _dir: dir,
-        routes,
-        sidecar: 0,
-        app,
-    };
-    world.sidecar = world.start_sidecar();
-    world
+    let ns = SidecarPod::new(pod, "netns");
+    let sidecar = ns.start_sidecar("info");
+    World { ns, sidecar, app }
 }
 
 /// Curl arguments for one keep-alive connection carrying one request per header.
@@ -333,7 +304,7 @@ async fn killed_sidecar_fails_open_within_the_lease_and_restarts_clean() {
     // A new sidecar replaces the stale table with an empty one before anything else,
     // then follows the file.
     write_routes(&w.routes, &[]);
-    w.sidecar = w.start_sidecar();
+    w.sidecar = w.start_sidecar("info");
     assert!(
         w.has_table() && !w.redirecting(),
         "restarted sidecar starts clean:\n{}",

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use shunt_netns::Pod;
+
 pub const SIDECAR: &str = env!("CARGO_BIN_EXE_shunt-sidecar");
 
 /// A temporary directory removed on drop.
@@ -27,6 +29,55 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A pod (network namespace) for a sidecar in nftables mode: its routes file and the
+/// addresses of the app port and the admin port. The tests' worlds add their own parts.
+pub struct SidecarPod {
+    pub pod: Pod,
+    _dir: TempDir,
+    pub routes: PathBuf,
+    /// `pod-ip:8080`
+    pub base: String,
+    /// `pod-ip:15090`
+    pub admin: String,
+}
+
+impl SidecarPod {
+    /// `pod`, with a routes file in a temporary directory named after `tag` (not written).
+    pub fn new(pod: Pod, tag: &str) -> SidecarPod {
+        let dir = TempDir::new(tag);
+        SidecarPod {
+            routes: dir.path("routes.json"),
+            base: format!("{}:8080", pod.ip),
+            admin: format!("{}:15090", pod.ip),
+            pod,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.base)
+    }
+
+    /// Writes the routes and waits until the sidecar has them all.
+    pub fn set_routes(&self, routes: &[serde_json::Value]) {
+        write_routes(&self.routes, routes);
+        wait_routes(&self.admin, routes.len());
+    }
+
+    /// Starts the sidecar for app port 8080 with the routes file, text logs at `log`, and
+    /// waits until it is ready; its pid.
+    pub fn start_sidecar(&self, log: &str) -> u32 {
+        let mut cmd = self.pod.command(SIDECAR);
+        cmd.env("SHUNT_APP_PORTS", "8080")
+            .env("SHUNT_ROUTES_FILE", &self.routes)
+            .env("SHUNT_LOG_FORMAT", "text")
+            .env("SHUNT_LOG", log);
+        let pid = self.pod.spawn(cmd).unwrap();
+        wait_ready(&self.admin);
+        pid
     }
 }
 
