@@ -158,19 +158,26 @@ impl Drop for Sidecar {
     }
 }
 
+/// The hub settings of pod `shop/api-0` for a fake hub `hub.test`, with `token` written to
+/// a file of its own (named after `tag` and `name`; the caller removes it).
+pub(crate) fn settings_with_token(tag: &str, name: &str, token: &str) -> HubSettings {
+    let token_file = std::env::temp_dir().join(format!("shunt-{tag}-{}-{name}", std::process::id()));
+    std::fs::write(&token_file, token).unwrap();
+    HubSettings {
+        addr: "hub.test:443".into(),
+        ca_file: None,
+        ca_pem: None,
+        server_name: "hub.test".into(),
+        token_file,
+        pod_namespace: "shop".into(),
+        pod_name: "api-0".into(),
+    }
+}
+
 impl Sidecar {
     fn start(hub: &Arc<FakeHub>, token: &str, name: &str) -> Sidecar {
-        let token_file = std::env::temp_dir().join(format!("shunt-keeper-{}-{name}", std::process::id()));
-        std::fs::write(&token_file, token).unwrap();
-        let settings = HubSettings {
-            addr: "hub.test:443".into(),
-            ca_file: None,
-            ca_pem: None,
-            server_name: "hub.test".into(),
-            token_file: token_file.clone(),
-            pod_namespace: "shop".into(),
-            pod_name: "api-0".into(),
-        };
+        let settings = settings_with_token("keeper", name, token);
+        let token_file = settings.token_file.clone();
         let (tx, table) = watch::channel(Arc::new(Table::default()));
         let link = HubLink::new("shop", "api-0");
         let (dial_hub, keeper_link) = (hub.clone(), link.clone());

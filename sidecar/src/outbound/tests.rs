@@ -22,7 +22,6 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::*;
-use crate::config::HubSettings;
 use crate::hub::keeper::TOKEN_POLL;
 use crate::hub::BACKOFF_MIN;
 use crate::proxy::body::{empty, text, OutBody};
@@ -248,17 +247,8 @@ impl Drop for Sidecar {
 
 impl Sidecar {
     fn start(hub: &Arc<FakeHub>, token: &str, name: &str) -> Sidecar {
-        let token_file = std::env::temp_dir().join(format!("shunt-reverse-{}-{name}", std::process::id()));
-        std::fs::write(&token_file, token).unwrap();
-        let settings = HubSettings {
-            addr: "hub.test:443".into(),
-            ca_file: None,
-            ca_pem: None,
-            server_name: "hub.test".into(),
-            token_file: token_file.clone(),
-            pod_namespace: "shop".into(),
-            pod_name: "api-0".into(),
-        };
+        let settings = crate::hub::tests::settings_with_token("reverse", name, token);
+        let token_file = settings.token_file.clone();
         let (wanted, wanted_rx) = watch::channel(true);
         let dial_hub = hub.clone();
         let dial_settings = settings.clone();
