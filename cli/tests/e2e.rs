@@ -357,10 +357,18 @@ async fn exec_gives_real_programs_the_pods_traffic_network_and_env() {
     // A shell that forks the server: the child inherits the layer; its listen on the
     // session's (mapped) port takes alice's requests from all 3 pods.
     let port = free_port();
-    let script = format!(
-        "cd {} && python3 -m http.server {port} --bind 127.0.0.1 & wait",
-        dir.display()
-    );
+    // The shell passes shunt's SIGTERM on to its server; should the test fail before
+    // that, the guard ends the server (shunt's own kill-on-drop is a SIGKILL, which
+    // orphans the program's children).
+    let server_command = format!("python3 -m http.server {port} --bind 127.0.0.1");
+    let script = format!("cd {} && trap 'kill $!' TERM; {server_command} & wait", dir.display());
+    struct KillLeftover(String);
+    impl Drop for KillLeftover {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("pkill").args(["-f", &self.0]).status();
+        }
+    }
+    let _leftover = KillLeftover(server_command);
     let mut server = exec(
         &stack,
         "alice",
@@ -482,7 +490,12 @@ print(n)
         "{err}"
     );
 
-    server.start_kill().unwrap();
-    let _ = server.wait().await;
+    // SIGTERM: shunt passes it to the shell, which passes it to its server.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(10), server.wait()).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
