@@ -221,3 +221,122 @@ async fn api_errors_say_what_to_check() {
     let err = unreachable.reconcile().await.unwrap_err().to_string();
     assert!(err.contains("cannot reach the Kubernetes API server"), "{err}");
 }
+
+/// The Secret's annotation `key` as a Unix time.
+fn annotation_time(secret: &Value, key: &str) -> i64 {
+    secret["metadata"]["annotations"][key]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {key} in {}", secret["metadata"]))
+        .parse()
+        .unwrap()
+}
+
+/// Waits until the wall clock (which the rotation plan reads) reaches Unix time `at`.
+async fn until_unix(at: i64) {
+    while shunt_webhook::certs::unix_now() < at {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn two_replicas_rotating_at_the_same_moment_agree_and_a_reset_ca_bundle_restarts_the_overlap() {
+    use shunt_webhook::certs::state::{PUBLISHED_AT, STAGED_AT};
+    let test = TestCluster::start().await;
+    // A Secret made by an earlier install, valid for a year.
+    let (first, _) = replica(test.admin.clone(), &self_settings(&[]));
+    first.reconcile().await.unwrap();
+    let original = test.secret().await.unwrap();
+
+    // Upgraded replicas renew 366 days before expiry: the year-long certificate is due now,
+    // for both at once. Their reads of the Secret are held, so both decide on the same
+    // version and both write: one update must meet 409 Conflict and re-read.
+    let recorder = Recorder::default();
+    let secret_path = format!("/api/v1/namespaces/{NS}/secrets/{SECRET}");
+    recorder.hold_reads(&secret_path, Duration::from_millis(200));
+    let settings = self_settings(&[
+        "--cert-validity",
+        "400d",
+        "--renew-before",
+        "366d",
+        "--rotation-overlap",
+        "1s",
+    ]);
+    let a = replica(test.recorded_client(&recorder).await, &settings);
+    let b = replica(test.recorded_client(&recorder).await, &settings);
+    let both = || futures_util::future::join(a.0.reconcile(), b.0.reconcile());
+
+    let (ra, rb) = both().await;
+    ra.unwrap();
+    rb.unwrap();
+    let conflicts = recorder.count(&Method::PUT, &secret_path, Some(StatusCode::CONFLICT));
+    assert!(conflicts >= 1, "the update race was not exercised");
+    let staged = test.secret().await.unwrap();
+    assert_eq!(
+        data(&staged, "tls.crt"),
+        data(&original, "tls.crt"),
+        "nothing served changes yet"
+    );
+    let next_ca = data(&staged, "next-ca.crt");
+    let bundle = data(&staged, "ca-bundle.crt");
+    assert_eq!(
+        bundle,
+        [data(&original, "ca.crt"), next_ca.clone()].concat(),
+        "old CA + one new CA"
+    );
+    assert_eq!(test.ca_bundles().await, vec![bundle.clone(), bundle.clone()]);
+    for (_, store) in [&a, &b] {
+        assert_eq!(pem_of(&served(store)), data(&original, "tls.crt"));
+    }
+    let published_at = annotation_time(&staged, PUBLISHED_AT);
+    assert!(published_at >= annotation_time(&staged, STAGED_AT));
+
+    // Past the overlap, `helm upgrade` resets the caBundle. Putting it back must start the
+    // overlap again instead of promoting at once (API servers lacked the new CA meanwhile).
+    until_unix(published_at + 2).await;
+    let mut config = test.configs().get(CONFIG).await.unwrap();
+    config.webhooks.as_mut().unwrap()[0].client_config.ca_bundle = None;
+    test.configs()
+        .replace(CONFIG, &PostParams::default(), &config)
+        .await
+        .unwrap();
+    a.0.reconcile().await.unwrap();
+    let republished = test.secret().await.unwrap();
+    assert_eq!(
+        test.ca_bundles().await,
+        vec![bundle.clone(), bundle.clone()],
+        "caBundle put back"
+    );
+    assert_eq!(
+        data(&republished, "tls.crt"),
+        data(&original, "tls.crt"),
+        "not promoted while the put-back bundle is new"
+    );
+    assert_eq!(data(&republished, "next-ca.crt"), next_ca);
+    let republished_at = annotation_time(&republished, PUBLISHED_AT);
+    assert!(republished_at > published_at, "{republished_at} > {published_at}");
+
+    // An overlap later both promote at the same moment: again one update wins, the other
+    // re-reads, and both serve the staged certificate.
+    until_unix(republished_at + 1).await;
+    let before = recorder.count(&Method::PUT, &secret_path, Some(StatusCode::CONFLICT));
+    let (ra, rb) = both().await;
+    ra.unwrap();
+    rb.unwrap();
+    assert!(
+        recorder.count(&Method::PUT, &secret_path, Some(StatusCode::CONFLICT)) > before,
+        "the promotion race was not exercised"
+    );
+    let promoted = test.secret().await.unwrap();
+    assert_eq!(data(&promoted, "tls.crt"), data(&republished, "next-tls.crt"));
+    assert_eq!(data(&promoted, "ca.crt"), next_ca);
+    assert!(promoted["data"].get("next-tls.crt").is_none());
+    assert!(promoted["metadata"]["annotations"].get(PUBLISHED_AT).is_none());
+    assert_eq!(
+        data(&promoted, "ca-bundle.crt"),
+        bundle,
+        "both CAs stay for another overlap"
+    );
+    for (_, store) in [&a, &b] {
+        assert_eq!(pem_of(&served(store)), data(&promoted, "tls.crt"));
+    }
+}

@@ -3,8 +3,9 @@
 //! `apiregistration.k8s.io/v1` APIService whose backend (the operator) serves a
 //! certificate from the same Secret.
 //!
-//! Both report whether the published bundle now equals ours: the rotation only switches
-//! certificates once every place that verifies them trusts the new CA. A missing APIService
+//! Both report whether the published bundle now equals ours, and whether they just wrote it
+//! ([`Published`]): the rotation only switches certificates once every place that verifies
+//! them has trusted the new CA for an overlap. A missing APIService
 //! is not an error (the operator's chart creates it, in no guaranteed order); it is logged
 //! once, does not hold up rotations (nothing verifies against it), and its creation is
 //! noticed by the watch in `self_managed.rs`.
@@ -18,7 +19,8 @@ use kube::api::{Patch, PatchParams};
 use kube::Api;
 use serde_json::json;
 
-use super::{api_status, CertError};
+use super::state::Published;
+use super::{api_status, unix_now, CertError};
 use crate::patch::Pointer;
 
 /// An object the certificate code reads or writes, for error messages with a hint.
@@ -78,8 +80,8 @@ impl Object<'_> {
 }
 
 /// Puts `bundle` (PEM) into every webhook of configuration `name` that lacks it. Returns
-/// true when the published `caBundle`s equal it.
-pub async fn webhook_config(client: &kube::Client, name: &str, bundle: &str) -> Result<bool, CertError> {
+/// whether the published `caBundle`s equal it, and since when.
+pub async fn webhook_config(client: &kube::Client, name: &str, bundle: &str) -> Result<Published, CertError> {
     let object = Object::WebhookConfig(name);
     let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let config = api.get(name).await.map_err(|e| object.error("read", e))?;
@@ -87,7 +89,7 @@ pub async fn webhook_config(client: &kube::Client, name: &str, bundle: &str) -> 
     let webhooks = config.webhooks.unwrap_or_default();
     if webhooks.is_empty() {
         tracing::warn!(webhook_config = %name, "the MutatingWebhookConfiguration has no webhooks; nothing to publish");
-        return Ok(false);
+        return Ok(Published::No);
     }
     let mut ops = Vec::new();
     for (i, webhook) in webhooks.iter().enumerate() {
@@ -104,7 +106,7 @@ pub async fn webhook_config(client: &kube::Client, name: &str, bundle: &str) -> 
         }));
     }
     if ops.is_empty() {
-        return Ok(true);
+        return Ok(Published::Already);
     }
     // A JSON patch through the raw client: kube's typed JSON patch needs a feature we do
     // not otherwise use.
@@ -120,18 +122,19 @@ pub async fn webhook_config(client: &kube::Client, name: &str, bundle: &str) -> 
         .await
         .map_err(|e| object.error("patch caBundle of", e))?;
     tracing::info!(webhook_config = %name, "published the CA bundle");
-    Ok(true)
+    Ok(Published::WrittenAt(unix_now()))
 }
 
-/// Sets `spec.caBundle` of APIService `name` to `bundle` (PEM) if it differs. Returns true
-/// when the APIService holds it, or does not exist (then `missing` remembers that it was
-/// logged, so that a missing APIService is reported once per appearance).
+/// Sets `spec.caBundle` of APIService `name` to `bundle` (PEM) if it differs. Returns
+/// `Already` when the APIService holds it, or does not exist (then `missing` remembers that
+/// it was logged, so that a missing APIService is reported once per appearance), or
+/// verifies nothing (`insecureSkipTLSVerify`).
 pub async fn api_service(
     client: &kube::Client,
     name: &str,
     bundle: &str,
     missing: &AtomicBool,
-) -> Result<bool, CertError> {
+) -> Result<Published, CertError> {
     let object = Object::ApiService(name);
     let api: Api<APIService> = Api::all(client.clone());
     let Some(service) = api.get_opt(name).await.map_err(|e| object.error("read", e))? else {
@@ -142,14 +145,14 @@ pub async fn api_service(
                  operator's chart creates it); until then the aggregated API cannot be verified"
             );
         }
-        return Ok(true);
+        return Ok(Published::Already);
     };
     if missing.swap(false, Ordering::Relaxed) {
         tracing::info!(api_service = %name, "APIService {name} appeared");
     }
     let spec = service.spec.unwrap_or_default();
     if spec.ca_bundle.as_ref().map(|b| b.0.as_slice()) == Some(bundle.as_bytes()) {
-        return Ok(true);
+        return Ok(Published::Already);
     }
     if spec.insecure_skip_tls_verify == Some(true) {
         // The API server refuses a caBundle next to insecureSkipTLSVerify, and verifies nothing.
@@ -158,16 +161,16 @@ pub async fn api_service(
             "APIService {name} has insecureSkipTLSVerify: true; not setting its caBundle (remove the \
              flag so that kube-apiserver verifies the operator)"
         );
-        return Ok(true);
+        return Ok(Published::Already);
     }
     let patch = json!({"spec": {"caBundle": base64::engine::general_purpose::STANDARD.encode(bundle)}});
     match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
         Ok(_) => {
             tracing::info!(api_service = %name, "published the CA bundle in the APIService");
-            Ok(true)
+            Ok(Published::WrittenAt(unix_now()))
         }
         // Deleted between our read and the patch: the watch brings us back when it returns.
-        Err(e) if api_status(&e) == Some(404) => Ok(true),
+        Err(e) if api_status(&e) == Some(404) => Ok(Published::Already),
         Err(e) => Err(object.error("patch caBundle of", e)),
     }
 }

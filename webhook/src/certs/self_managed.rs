@@ -29,7 +29,7 @@ use kube::Api;
 
 use super::issue::issue;
 use super::publish::{self, Object};
-use super::state::{CertState, Issued, Policy, Step};
+use super::state::{CertState, Issued, Policy, Published, Step};
 use super::{api_status, unix_now, CertError};
 use crate::metrics::Metrics;
 use crate::tls::{self, CertStore};
@@ -134,6 +134,8 @@ impl SelfManaged {
     /// next rotation step if one is due. Returns when to look again (Unix time).
     pub async fn reconcile(&self) -> Result<i64, CertError> {
         let policy = self.settings.policy;
+        // When this call wrote the caBundle: still true after a write conflict re-read.
+        let mut written_at = None;
         for _ in 0..MAX_CONFLICTS {
             let (secret, state) = self.ensure().await?;
             let active = &state.active.material;
@@ -141,9 +143,16 @@ impl SelfManaged {
                 .set(tls::load_pem(active.cert_pem.as_bytes(), active.key_pem.as_bytes())?);
             let bundle = state.bundle_pem();
             self.store.set_ca_bundle(&bundle);
-            let published = self.publish(&bundle).await?;
+            let published = match self.publish(&bundle).await? {
+                Published::WrittenAt(at) => {
+                    written_at = Some(at);
+                    Published::WrittenAt(at)
+                }
+                Published::Already => written_at.map_or(Published::Already, Published::WrittenAt),
+                Published::No => Published::No,
+            };
             let now = unix_now();
-            let mut step = state.plan(now, if published { &state.bundle } else { &[] }, &policy);
+            let mut step = state.plan(now, published, &policy);
             if step == Step::Keep && state.next.is_none() {
                 let missing = state.active.missing_names(&self.settings.dns_names);
                 if !missing.is_empty() {
@@ -250,15 +259,16 @@ impl SelfManaged {
         secret
     }
 
-    /// Publishes the bundle (PEM) in the webhook configuration and the APIService. Returns
-    /// true when every place that verifies our certificates trusts exactly the bundle.
-    async fn publish(&self, bundle: &str) -> Result<bool, CertError> {
+    /// Publishes the bundle (PEM) in the webhook configuration and the APIService. Says
+    /// whether every place that verifies our certificates trusts exactly the bundle, and
+    /// whether this call wrote it there.
+    async fn publish(&self, bundle: &str) -> Result<Published, CertError> {
         let webhooks = publish::webhook_config(&self.client, &self.settings.webhook_config_name, bundle).await?;
         let api_service = match &self.settings.api_service_name {
             Some(name) => publish::api_service(&self.client, name, bundle, &self.api_service_missing).await?,
-            None => true,
+            None => Published::Already,
         };
-        Ok(webhooks && api_service)
+        Ok(webhooks.and(api_service))
     }
 
     fn issue(&self) -> Result<Issued, CertError> {

@@ -10,7 +10,11 @@
 //!    `next-*`; the bundle becomes old CA + new CA and is published. Nothing served changes.
 //! 2. **promote** (once the new CA has been in the published `caBundle` for `overlap`): the
 //!    next certificate becomes the served one; the bundle still holds both CAs, because
-//!    some replicas still serve the old certificate for a moment.
+//!    some replicas still serve the old certificate for a moment. The overlap counts from
+//!    when the bundle holding both CAs was last *written* to `caBundle` (annotation
+//!    [`PUBLISHED_AT`]), not from the staging: a `caBundle` reset (e.g. by `helm upgrade`)
+//!    and put back later starts the overlap again, so API servers always get `overlap` to
+//!    see the new CA before any replica serves a certificate signed by it.
 //! 3. **drop** (after another `overlap`): the bundle holds only the new CA.
 
 use std::collections::BTreeMap;
@@ -35,6 +39,8 @@ const NEXT_CRT: &str = "next-tls.crt";
 const NEXT_KEY: &str = "next-tls.key";
 /// Annotation: Unix time the `next-*` certificate was staged.
 pub const STAGED_AT: &str = "shunt.dev/next-staged-at";
+/// Annotation: Unix time the bundle holding the `next-*` CA was last written to `caBundle`.
+pub const PUBLISHED_AT: &str = "shunt.dev/next-published-at";
 /// Annotation: Unix time after which the previous CA leaves the bundle.
 pub const PREVIOUS_UNTIL: &str = "shunt.dev/previous-ca-until";
 
@@ -99,16 +105,53 @@ impl Issued {
 pub struct CertState {
     /// What is served.
     pub active: Issued,
-    /// Staged for the next rotation, with the time it was staged.
-    pub next: Option<(Issued, i64)>,
+    /// Staged for the next rotation.
+    pub next: Option<Staged>,
     /// The CAs `caBundle` must hold, in order.
     pub bundle: Vec<CertificateDer<'static>>,
     /// When the previous CA leaves the bundle.
     pub previous_until: Option<i64>,
 }
 
+/// A certificate staged for the next rotation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Staged {
+    /// The certificate and its CA.
+    pub issued: Issued,
+    /// When it was staged (Unix time).
+    pub staged_at: i64,
+    /// When the bundle holding its CA was last written to `caBundle`; `None` until a
+    /// replica has seen it published (the overlap before promotion counts from here).
+    pub published_at: Option<i64>,
+}
+
+/// What a reconcile saw of the published `caBundle`s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Published {
+    /// They do not (all) hold the bundle.
+    No,
+    /// They already held the bundle when read.
+    Already,
+    /// They lacked it and this reconcile wrote it at this Unix time (first publication, or
+    /// putting it back after a reset): API servers may only see it from now on.
+    WrittenAt(i64),
+}
+
+impl Published {
+    /// What a reconcile saw of two places together: published only if both hold the
+    /// bundle, since the later write if either was written.
+    pub fn and(self, other: Published) -> Published {
+        match (self, other) {
+            (Published::No, _) | (_, Published::No) => Published::No,
+            (Published::WrittenAt(a), Published::WrittenAt(b)) => Published::WrittenAt(a.max(b)),
+            (Published::WrittenAt(at), _) | (_, Published::WrittenAt(at)) => Published::WrittenAt(at),
+            (Published::Already, Published::Already) => Published::Already,
+        }
+    }
+}
+
 /// The annotations this crate owns, with their values (`None`: remove it).
-pub type OwnedAnnotations = [(&'static str, Option<String>); 2];
+pub type OwnedAnnotations = [(&'static str, Option<String>); 3];
 
 /// The next step of a rotation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +160,8 @@ pub enum Step {
     Keep,
     /// Issue the next certificate and publish its CA.
     Stage,
+    /// Record that the bundle with the next CA is published from now on.
+    MarkPublished,
     /// Serve the next certificate.
     Promote,
     /// Remove the previous CA from the bundle.
@@ -153,10 +198,16 @@ impl CertState {
             material(CA_CRT, TLS_CRT, TLS_KEY).ok_or(TlsError::NoCertificate("Secret (tls.crt, tls.key, ca.crt)"))?;
         let active = Issued::parse(active)?;
         let mut repaired = false;
-        let staged_at = annotations.get(STAGED_AT).and_then(|t| t.parse::<i64>().ok());
-        let next = match (material(NEXT_CA, NEXT_CRT, NEXT_KEY), staged_at) {
-            (Some(m), Some(at)) => match Issued::parse(m) {
-                Ok(issued) => Some((issued, at)),
+        let time = |key: &str| annotations.get(key).and_then(|t| t.parse::<i64>().ok());
+        let next = match (material(NEXT_CA, NEXT_CRT, NEXT_KEY), time(STAGED_AT)) {
+            (Some(m), Some(staged_at)) => match Issued::parse(m) {
+                Ok(issued) => Some(Staged {
+                    issued,
+                    staged_at,
+                    // Absent (staged by an older version, or not yet seen published): the
+                    // next reconcile that sees the bundle published records it.
+                    published_at: time(PUBLISHED_AT),
+                }),
                 Err(_) => {
                     repaired = true;
                     None
@@ -171,13 +222,13 @@ impl CertState {
         let mut bundle = text(CA_BUNDLE)
             .and_then(|pem| tls::parse_bundle(pem.as_bytes()).ok())
             .unwrap_or_default();
-        for ca in std::iter::once(&active.ca).chain(next.as_ref().map(|(n, _)| &n.ca)) {
+        for ca in std::iter::once(&active.ca).chain(next.as_ref().map(|n| &n.issued.ca)) {
             if !bundle.contains(ca) {
                 bundle.push(ca.clone());
                 repaired = true;
             }
         }
-        let previous_until = annotations.get(PREVIOUS_UNTIL).and_then(|t| t.parse().ok());
+        let previous_until = time(PREVIOUS_UNTIL);
         Ok((
             CertState {
                 active,
@@ -197,13 +248,15 @@ impl CertState {
         put(TLS_KEY, &self.active.material.key_pem);
         put(CA_CRT, &self.active.material.ca_pem);
         put(CA_BUNDLE, &self.bundle_pem());
-        if let Some((next, _)) = &self.next {
-            put(NEXT_CA, &next.material.ca_pem);
-            put(NEXT_CRT, &next.material.cert_pem);
-            put(NEXT_KEY, &next.material.key_pem);
+        if let Some(next) = &self.next {
+            put(NEXT_CA, &next.issued.material.ca_pem);
+            put(NEXT_CRT, &next.issued.material.cert_pem);
+            put(NEXT_KEY, &next.issued.material.key_pem);
         }
+        let next = self.next.as_ref();
         let annotations = [
-            (STAGED_AT, self.next.as_ref().map(|(_, at)| at.to_string())),
+            (STAGED_AT, next.map(|n| n.staged_at.to_string())),
+            (PUBLISHED_AT, next.and_then(|n| n.published_at).map(|t| t.to_string())),
             (PREVIOUS_UNTIL, self.previous_until.map(|t| t.to_string())),
         ];
         (data, annotations)
@@ -214,15 +267,22 @@ impl CertState {
         self.bundle.iter().map(|der| pem(der)).collect()
     }
 
-    /// What to do at `now`, given the CAs currently published in `caBundle`.
-    pub fn plan(&self, now: i64, published: &[CertificateDer<'_>], policy: &Policy) -> Step {
-        if let Some((next, staged_at)) = &self.next {
-            let visible = published.iter().any(|ca| ca.as_ref() == next.ca.as_ref());
+    /// What to do at `now`, given what the reconcile saw of the published `caBundle`s.
+    pub fn plan(&self, now: i64, published: Published, policy: &Policy) -> Step {
+        if let Some(next) = &self.next {
             // An expired served certificate is useless: switch even without the overlap.
-            if (visible && now >= staged_at + policy.overlap) || now >= self.active.not_after {
+            if now >= self.active.not_after {
                 return Step::Promote;
             }
-            return Step::Keep;
+            return match (published, next.published_at) {
+                (Published::No, _) => Step::Keep,
+                // Written by us just now, after the time recorded (a reset put back):
+                // the overlap starts again.
+                (Published::WrittenAt(at), recorded) if recorded.is_none_or(|r| r < at) => Step::MarkPublished,
+                (Published::Already, None) => Step::MarkPublished,
+                (_, Some(since)) if now >= since + policy.overlap => Step::Promote,
+                _ => Step::Keep,
+            };
         }
         if now >= self.active.not_after - policy.renew_before {
             return Step::Stage;
@@ -236,7 +296,9 @@ impl CertState {
     /// The earliest time `plan` may answer differently (without other changes).
     pub fn next_check(&self, policy: &Policy) -> i64 {
         match &self.next {
-            Some((_, staged_at)) => (staged_at + policy.overlap).min(self.active.not_after),
+            // Not seen published yet: look again an overlap after staging (watch events on
+            // the webhook configuration usually come first).
+            Some(next) => (next.published_at.unwrap_or(next.staged_at) + policy.overlap).min(self.active.not_after),
             None => {
                 let renew = self.active.not_after - policy.renew_before;
                 self.previous_until.map_or(renew, |until| until.min(renew))
@@ -245,15 +307,25 @@ impl CertState {
     }
 
     /// The state after `step` at `now`; `Stage` takes the freshly issued certificate.
+    /// `MarkPublished` records `now`: callers take `now` after writing the `caBundle`.
     pub fn apply(mut self, step: Step, now: i64, policy: &Policy, staged: Option<Issued>) -> CertState {
         match (step, staged) {
             (Step::Stage, Some(next)) => {
                 self.bundle = vec![self.active.ca.clone(), next.ca.clone()];
-                self.next = Some((next, now));
+                self.next = Some(Staged {
+                    issued: next,
+                    staged_at: now,
+                    published_at: None,
+                });
                 self.previous_until = None;
             }
+            (Step::MarkPublished, _) => {
+                if let Some(next) = &mut self.next {
+                    next.published_at = Some(now);
+                }
+            }
             (Step::Promote, _) => {
-                if let Some((next, _)) = self.next.take() {
+                if let Some(Staged { issued: next, .. }) = self.next.take() {
                     if !self.bundle.contains(&next.ca) {
                         self.bundle.push(next.ca.clone());
                     }
