@@ -7,7 +7,10 @@
 //! Validating webhooks see the final object and may only allow or deny. A webhook that
 //! cannot be called (down, timed out, wrong certificate, malformed answer) refuses the
 //! write under `failurePolicy: Fail` (the default) and is skipped under `Ignore`.
-//! `sideEffects` needs no handling: kubesim has no dry-run requests.
+//! A dry-run request (`?dryRun=All`) is admitted like any other, with `dryRun: true`
+//! in the review; a matching webhook whose `sideEffects` is not `None` or
+//! `NoneOnDryRun` refuses it with 400 BadRequest whatever its failure policy, as in
+//! kube-apiserver's dispatcher (it could not promise to leave the world unchanged).
 //!
 //! No store lock is held across a call (the store hands out copies), so a webhook may
 //! itself talk to the API server, and controllers' writes are admitted like any other.
@@ -36,12 +39,13 @@ pub async fn admit(
     rt: &ResourceType,
     obj: &mut Value,
     old: Option<&Value>,
+    dry_run: bool,
 ) -> Result<Vec<String>, ApiError> {
     crate::defaults::prune_custom(api, rt, obj);
     if matching::exempt(rt) {
         return Ok(Vec::new());
     }
-    run(api, user, op, rt, "", obj, old).await
+    run(api, user, op, rt, "", obj, old, dry_run).await
 }
 
 /// Runs admission for a write through a subresource. Only `status` is admitted (as
@@ -54,16 +58,28 @@ pub async fn admit_subresource(
     subresource: &str,
     obj: &mut Value,
     old: &Value,
+    dry_run: bool,
 ) -> Result<Vec<String>, ApiError> {
     if subresource != "status" || matching::exempt(rt) {
         return Ok(Vec::new());
     }
     let mut candidate = obj.clone();
-    let warnings = run(api, user, Operation::Update, rt, subresource, &mut candidate, Some(old)).await?;
+    let warnings = run(
+        api,
+        user,
+        Operation::Update,
+        rt,
+        subresource,
+        &mut candidate,
+        Some(old),
+        dry_run,
+    )
+    .await?;
     obj["status"] = candidate["status"].take();
     Ok(warnings)
 }
 
+#[allow(clippy::too_many_arguments)] // the admission attributes, as kube-apiserver's admission.Attributes
 async fn run(
     api: &Api,
     user: &User,
@@ -72,6 +88,7 @@ async fn run(
     subresource: &str,
     obj: &mut Value,
     old: Option<&Value>,
+    dry_run: bool,
 ) -> Result<Vec<String>, ApiError> {
     let is_namespace = rt.group.is_empty() && rt.plural == "namespaces";
     let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_owned();
@@ -87,6 +104,7 @@ async fn run(
         namespace: &namespace,
         name: &name,
         user,
+        dry_run,
     };
     let mut warnings = Vec::new();
     if mutate(api, &attrs, obj, old, &mut warnings).await? {
@@ -207,6 +225,13 @@ async fn call(
     old: Option<&Value>,
     mutating: bool,
 ) -> Result<Option<review::Verdict>, ApiError> {
+    if attrs.dry_run && !matches!(hook.spec["sideEffects"].as_str(), Some("None" | "NoneOnDryRun")) {
+        return Err(ApiError::bad_request(format!(
+            "admission webhook {:?} does not support dry run (its sideEffects is {}, not None or NoneOnDryRun)",
+            hook.name(),
+            hook.spec["sideEffects"]
+        )));
+    }
     let uid = crate::util::uid();
     let request = review::review(attrs, &uid, obj, old);
     match review::call(api, hook, &request, mutating).await {

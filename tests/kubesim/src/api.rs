@@ -70,6 +70,17 @@ pub struct DeleteOptions {
     pub propagation: Option<String>,
     /// Grace period for pods (None: the pod's own).
     pub grace_seconds: Option<i64>,
+    /// `dryRun: [All]`: answer with what would be deleted, delete nothing.
+    pub dry_run: bool,
+}
+
+/// Options of a patch.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PatchOptions<'a> {
+    /// `fieldManager` (recorded for server-side apply).
+    pub field_manager: Option<&'a str>,
+    /// `dryRun=All`: everything but the write.
+    pub dry_run: bool,
 }
 
 /// Where the kubelet plugs in: pod logs.
@@ -182,7 +193,21 @@ impl Api {
         user: &User,
         rt: &ResourceType,
         ns: &str,
+        obj: Value,
+    ) -> Result<(Value, Vec<String>), ApiError> {
+        self.create_with(user, rt, ns, obj, false).await
+    }
+
+    /// [`Api::create`], or with `dry_run` (`?dryRun=All`) everything a create does
+    /// (defaulting, admission, validation) but the write: the answer is the object
+    /// that would have been stored, without a resourceVersion.
+    pub async fn create_with(
+        &self,
+        user: &User,
+        rt: &ResourceType,
+        ns: &str,
         mut obj: Value,
+        dry_run: bool,
     ) -> Result<(Value, Vec<String>), ApiError> {
         if !obj.is_object() {
             return Err(ApiError::bad_request("the body must be a JSON object"));
@@ -224,7 +249,7 @@ impl Api {
         }
         let name = meta["name"].as_str().unwrap_or_default().to_owned();
         defaults::validate_name(rt, &name)?;
-        defaults::on_create(self, rt, &mut obj)?;
+        defaults::on_create(self, rt, &mut obj, dry_run)?;
         // Webhooks see a generateName object without a name, as with kube-apiserver,
         // which generates names after admission.
         let generated = if generated {
@@ -232,7 +257,7 @@ impl Api {
         } else {
             None
         };
-        let warnings = admission::admit(self, user, Operation::Create, rt, &mut obj, None).await?;
+        let warnings = admission::admit(self, user, Operation::Create, rt, &mut obj, None, dry_run).await?;
         if let Some(generated) = generated.filter(|_| obj["metadata"]["name"].as_str().unwrap_or_default().is_empty()) {
             obj["metadata"]["name"] = generated;
         }
@@ -244,6 +269,12 @@ impl Api {
         if let Some(map) = meta.as_object_mut() {
             map.remove("resourceVersion");
             map.remove("deletionTimestamp");
+        }
+        if dry_run {
+            return match self.store.get(&key(rt), ns, &name) {
+                Some(_) => Err(ApiError::already_exists(&rt.group, &rt.plural, &name)),
+                None => Ok((self.present(rt, obj), warnings)),
+            };
         }
         let created = self.store.create(&key(rt), obj).map_err(|e| map_store(e, rt, &name))?;
         defaults::after_write(self, rt, &created).await;
@@ -283,6 +314,22 @@ impl Api {
         obj: Value,
         subresource: Option<&str>,
     ) -> Result<(Value, Vec<String>), ApiError> {
+        self.update_with(user, rt, ns, name, obj, subresource, false).await
+    }
+
+    /// [`Api::update`]; with `dry_run` nothing is written and the answer is the object
+    /// that would have been stored (its resourceVersion still the current one).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn update_with(
+        &self,
+        user: &User,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        obj: Value,
+        subresource: Option<&str>,
+        dry_run: bool,
+    ) -> Result<(Value, Vec<String>), ApiError> {
         let old = self
             .store
             .get(&key(rt), ns, name)
@@ -299,7 +346,7 @@ impl Api {
                 "the name of the object does not match the name on the URL",
             ));
         }
-        self.write(user, rt, old, obj, expect, subresource).await
+        self.write(user, rt, old, obj, expect, subresource, dry_run).await
     }
 
     /// Applies a patch (retrying internally on conflicts, as kube-apiserver does).
@@ -315,24 +362,53 @@ impl Api {
         subresource: Option<&str>,
         field_manager: Option<&str>,
     ) -> Result<(Value, Vec<String>), ApiError> {
+        let opts = PatchOptions {
+            field_manager,
+            dry_run: false,
+        };
+        self.patch_with(user, rt, ns, name, kind, body, subresource, opts).await
+    }
+
+    /// [`Api::patch`] with options. A `metadata.resourceVersion` in the patched object
+    /// is a precondition, as in kube-apiserver: 409 Conflict (no retry) when it is not
+    /// the stored one.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn patch_with(
+        &self,
+        user: &User,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        kind: PatchType,
+        body: &[u8],
+        subresource: Option<&str>,
+        opts: PatchOptions<'_>,
+    ) -> Result<(Value, Vec<String>), ApiError> {
         for _ in 0..5 {
             let Some(old) = self.store.get(&key(rt), ns, name) else {
                 if kind == PatchType::Apply {
                     let mut obj = json!({"metadata": {"name": name}});
                     patch::apply(&mut obj, kind, body)?;
-                    record_manager(&mut obj, field_manager);
-                    return self.create(user, rt, ns, obj).await;
+                    record_manager(&mut obj, opts.field_manager);
+                    return self.create_with(user, rt, ns, obj, opts.dry_run).await;
                 }
                 return Err(ApiError::not_found(&rt.group, &rt.plural, name));
             };
             let mut new = old.clone();
             patch::apply(&mut new, kind, body)?;
             if kind == PatchType::Apply {
-                record_manager(&mut new, field_manager);
+                record_manager(&mut new, opts.field_manager);
+            }
+            let stored = &old["metadata"]["resourceVersion"];
+            match new["metadata"]["resourceVersion"].as_str() {
+                Some(asked) if !asked.is_empty() && stored.as_str() != Some(asked) => {
+                    return Err(ApiError::conflict(&rt.group, &rt.plural, name));
+                }
+                _ => {}
             }
             let expect = rv_of(&old);
-            new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
-            match self.write(user, rt, old, new, expect, subresource).await {
+            new["metadata"]["resourceVersion"] = stored.clone();
+            match self.write(user, rt, old, new, expect, subresource, opts.dry_run).await {
                 Err(e) if e.reason == "Conflict" => continue,
                 other => return other,
             }
@@ -340,6 +416,7 @@ impl Api {
         Err(ApiError::conflict(&rt.group, &rt.plural, name))
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn write(
         &self,
         user: &User,
@@ -348,6 +425,7 @@ impl Api {
         mut new: Value,
         expect: Option<u64>,
         subresource: Option<&str>,
+        dry_run: bool,
     ) -> Result<(Value, Vec<String>), ApiError> {
         let (_, name) = ns_name(&old);
         self.check_kind(rt, &new)?;
@@ -394,12 +472,20 @@ impl Api {
             generation
         });
         let warnings = if subresource.is_none() {
-            let w = admission::admit(self, user, Operation::Update, rt, &mut new, Some(&old)).await?;
+            let w = admission::admit(self, user, Operation::Update, rt, &mut new, Some(&old), dry_run).await?;
             defaults::validate(self, rt, &new)?;
             w
         } else {
-            admission::admit_subresource(self, user, rt, subresource.unwrap_or_default(), &mut new, &old).await?
+            admission::admit_subresource(self, user, rt, subresource.unwrap_or_default(), &mut new, &old, dry_run)
+                .await?
         };
+        if dry_run {
+            // The store's own check, without the write.
+            if expect.is_some_and(|rv| Some(rv) != rv_of(&old)) {
+                return Err(ApiError::conflict(&rt.group, &rt.plural, &name));
+            }
+            return Ok((self.present(rt, new), warnings));
+        }
         let terminating = new["metadata"]["deletionTimestamp"].is_string();
         let finalizers_left = new["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
         let written = self
@@ -446,11 +532,17 @@ impl Api {
             let mut marked = obj.clone();
             marked["metadata"]["deletionTimestamp"] = Value::String(util::now());
             marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+            if opts.dry_run {
+                return Ok(self.present(rt, marked));
+            }
             let written = self
                 .store
                 .update(&key(rt), marked, None)
                 .map_err(|e| map_store(e, rt, name))?;
             return Ok(self.present(rt, written));
+        }
+        if opts.dry_run {
+            return Ok(self.present(rt, obj));
         }
         self.remove(rt, &obj, opts).await
     }

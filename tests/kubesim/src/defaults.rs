@@ -43,7 +43,7 @@ pub fn validate_name(rt: &ResourceType, name: &str) -> Result<(), ApiError> {
 }
 
 /// Defaulting on create.
-pub fn on_create(api: &Api, rt: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
+pub fn on_create(api: &Api, rt: &ResourceType, obj: &mut Value, dry_run: bool) -> Result<(), ApiError> {
     match (rt.group.as_str(), rt.plural.as_str()) {
         ("", "pods") => {
             let spec = &mut obj["spec"];
@@ -72,10 +72,13 @@ pub fn on_create(api: &Api, rt: &ResourceType, obj: &mut Value) -> Result<(), Ap
                 spec["type"] = json!("ClusterIP");
             }
             if spec["clusterIP"].is_null() || spec["clusterIP"] == "" {
-                let ip = api
-                    .service_ips
-                    .allocate()
-                    .ok_or_else(|| ApiError::internal("no free service IP"))?;
+                // A dry run shows the address a create would get without taking it.
+                let ip = if dry_run {
+                    api.service_ips.peek()
+                } else {
+                    api.service_ips.allocate()
+                };
+                let ip = ip.ok_or_else(|| ApiError::internal("no free service IP"))?;
                 spec["clusterIP"] = json!(ip.to_string());
                 spec["clusterIPs"] = json!([ip.to_string()]);
             }

@@ -45,6 +45,12 @@ impl ServiceIps {
         }
     }
 
+    /// The address [`ServiceIps::allocate`] would hand out next, still free.
+    pub fn peek(&self) -> Option<Ipv4Addr> {
+        let next = *self.next.lock().unwrap_or_else(|p| p.into_inner());
+        (next <= self.last).then(|| Ipv4Addr::from(self.base + next))
+    }
+
     /// The next free address.
     pub fn allocate(&self) -> Option<Ipv4Addr> {
         let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());

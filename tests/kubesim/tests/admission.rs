@@ -557,6 +557,67 @@ async fn if_needed_webhooks_run_again_after_a_later_change() {
 }
 
 #[tokio::test]
+async fn dry_run_requests_are_admitted_flagged_and_refused_by_webhooks_with_side_effects() {
+    let cluster = Cluster::start(Options::default()).await.unwrap();
+    let client = client(&cluster).await;
+    let hook = Webhook::start(handler()).await;
+    let cc = |path: &str| json!({"url": hook.url(path), "caBundle": hook.ca_bundle()});
+    configure(
+        &client,
+        "mutatingwebhookconfigurations",
+        "mutate",
+        vec![webhook("mutate.kubesim.test", cc("/mutate"), "configmaps", json!({}))],
+    )
+    .await;
+    let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+
+    // The webhook mutates the would-be object and is told nothing will be stored.
+    let answer = cms.create(&dry, &config_map("dry", json!({}))).await.unwrap();
+    let labels = answer.metadata.labels.unwrap();
+    assert_eq!(labels.get(MUTATED).map(String::as_str), Some("true"));
+    let review = hook.requests("/mutate").pop().unwrap();
+    assert_eq!(review["dryRun"], true);
+    assert_eq!(review["options"]["dryRun"], json!(["All"]));
+    assert!(
+        cms.get_opt("dry").await.unwrap().is_none(),
+        "a dry run stored the object"
+    );
+
+    // A webhook that may have side effects cannot take part in a dry run: the request
+    // is refused (whatever the failure policy), the webhook is not called.
+    let effects = webhook(
+        "effects.kubesim.test",
+        cc("/validate"),
+        "configmaps",
+        json!({"sideEffects": "Some", "failurePolicy": "Ignore"}),
+    );
+    configure(&client, "validatingwebhookconfigurations", "effects", vec![effects]).await;
+    let err = cms.create(&dry, &config_map("dry", json!({}))).await.unwrap_err();
+    let kube::Error::Api(status) = err else {
+        panic!("expected an API error, got {err:?}")
+    };
+    assert_eq!((status.code, status.reason.as_str()), (400, "BadRequest"));
+    assert!(
+        status
+            .message
+            .starts_with("admission webhook \"effects.kubesim.test\" does not support dry run"),
+        "{}",
+        status.message
+    );
+    assert!(hook.requests("/validate").is_empty());
+    // Real writes still go through it.
+    cms.create(&PostParams::default(), &config_map("real", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(hook.requests("/validate").len(), 1);
+    assert_eq!(hook.requests("/validate")[0]["dryRun"], false);
+}
+
+#[tokio::test]
 async fn a_webhook_that_does_not_answer_in_time_fails_after_timeout_seconds() {
     let cluster = Cluster::start(Options::default()).await.unwrap();
     let client = client(&cluster).await;

@@ -507,6 +507,147 @@ async fn apply_and_every_patch_flavour() {
 }
 
 #[tokio::test]
+async fn dry_run_answers_the_would_be_object_and_stores_nothing() {
+    let cluster = Cluster::start(Options::default()).await.unwrap();
+    let client = admin(&cluster).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let mut events = cms
+        .watch(&WatchParams::default().disable_bookmarks(), "0")
+        .await
+        .unwrap()
+        .boxed();
+
+    let would_be = cms
+        .create(&dry, &configmap("draft", &[], &[("k", "v1")]))
+        .await
+        .unwrap();
+    assert_eq!(would_be.data.unwrap()["k"], "v1");
+    assert!(would_be.metadata.uid.is_some() && would_be.metadata.creation_timestamp.is_some());
+    assert!(would_be.metadata.resource_version.is_none(), "nothing was stored");
+    assert!(cms.get_opt("draft").await.unwrap().is_none());
+
+    let stored = cms
+        .create(&PostParams::default(), &configmap("draft", &[], &[("k", "v1")]))
+        .await
+        .unwrap();
+    // Validation and conflicts are still checked.
+    assert_eq!(
+        status(cms.create(&dry, &configmap("draft", &[], &[])).await).reason,
+        "AlreadyExists"
+    );
+    let mut changed = stored.clone();
+    changed.data = Some(BTreeMap::from([("k".to_owned(), "v2".to_owned())]));
+    let replaced = cms.replace("draft", &dry, &changed).await.unwrap();
+    assert_eq!(replaced.data.unwrap()["k"], "v2");
+    assert_eq!(replaced.metadata.resource_version, stored.metadata.resource_version);
+    let mut stale = changed.clone();
+    stale.metadata.resource_version = Some("1".into());
+    assert_eq!(status(cms.replace("draft", &dry, &stale).await).code, 409);
+
+    let patch = Patch::Merge(json!({"data": {"k": "v3"}}));
+    let dry_patch = PatchParams {
+        dry_run: true,
+        ..PatchParams::default()
+    };
+    let patched = cms.patch("draft", &dry_patch, &patch).await.unwrap();
+    assert_eq!(patched.data.unwrap()["k"], "v3");
+    let apply = PatchParams::apply("kubesim-test").dry_run();
+    let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied"}, "data": {"a": "1"}});
+    let applied = cms.patch("applied", &apply, &Patch::Apply(&body)).await.unwrap();
+    assert_eq!(applied.data.unwrap()["a"], "1");
+    assert!(cms.get_opt("applied").await.unwrap().is_none());
+
+    let dry_delete = DeleteParams {
+        dry_run: true,
+        ..DeleteParams::default()
+    };
+    cms.delete("draft", &dry_delete).await.unwrap();
+    let now = cms.get("draft").await.unwrap();
+    assert_eq!(now.data.unwrap()["k"], "v1", "dry runs changed the object");
+    assert_eq!(now.metadata.resource_version, stored.metadata.resource_version);
+    // The watch saw the one real create and nothing else.
+    match next_event(&mut events).await {
+        WatchEvent::Added(cm) => assert_eq!(cm.metadata.name.as_deref(), Some("draft")),
+        other => panic!("expected ADDED, got {other:?}"),
+    }
+    cms.delete("draft", &DeleteParams::default()).await.unwrap();
+    match next_event(&mut events).await {
+        WatchEvent::Deleted(cm) => assert_eq!(cm.data.unwrap()["k"], "v1"),
+        other => panic!("expected DELETED right after ADDED, got {other:?}"),
+    }
+
+    // A dry-run Service shows the address a create would get without taking it.
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), "default");
+    let svc: k8s_openapi::api::core::v1::Service =
+        from(json!({"metadata": {"name": "web"}, "spec": {"ports": [{"port": 80}]}}));
+    let shown = services.create(&dry, &svc).await.unwrap().spec.unwrap().cluster_ip;
+    let taken = services
+        .create(&PostParams::default(), &svc)
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .cluster_ip;
+    assert!(shown.is_some());
+    assert_eq!(shown, taken);
+
+    // Only "All" is a dry-run value.
+    let req = http::Request::post("/api/v1/namespaces/default/configmaps?dryRun=Some")
+        .header("content-type", "application/json")
+        .body(json!({"metadata": {"name": "x"}}).to_string().into_bytes())
+        .unwrap();
+    let answer = status(client.request::<Value>(req).await);
+    assert_eq!(answer.code, 422, "{}", answer.message);
+}
+
+#[tokio::test]
+async fn a_resource_version_in_a_patch_is_a_precondition() {
+    let cluster = Cluster::start(Options::default()).await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(admin(&cluster).await, "default");
+    let created = cms
+        .create(&PostParams::default(), &configmap("pinned", &[], &[("k", "v1")]))
+        .await
+        .unwrap();
+    let first = created.metadata.resource_version.clone().unwrap();
+    let pp = PatchParams::default();
+    let patched = cms
+        .patch(
+            "pinned",
+            &pp,
+            &Patch::Merge(json!({"metadata": {"resourceVersion": first}, "data": {"k": "v2"}})),
+        )
+        .await
+        .unwrap();
+    assert_ne!(patched.metadata.resource_version.as_deref(), Some(first.as_str()));
+    for patch in [
+        Patch::Merge(json!({"metadata": {"resourceVersion": first}, "data": {"k": "v3"}})),
+        Patch::Strategic(json!({"metadata": {"resourceVersion": first}, "data": {"k": "v3"}})),
+        Patch::Json::<Value>(from(json!([
+            {"op": "replace", "path": "/metadata/resourceVersion", "value": first},
+            {"op": "replace", "path": "/data/k", "value": "v3"},
+        ]))),
+    ] {
+        let conflict = status(cms.patch("pinned", &pp, &patch).await);
+        assert_eq!(
+            (conflict.code, conflict.reason.as_str()),
+            (409, "Conflict"),
+            "{patch:?}"
+        );
+    }
+    let apply = PatchParams::apply("kubesim-test");
+    let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "pinned", "resourceVersion": first}, "data": {"k": "v3"}});
+    assert_eq!(
+        status(cms.patch("pinned", &apply, &Patch::Apply(&body)).await).code,
+        409
+    );
+    assert_eq!(cms.get("pinned").await.unwrap().data.unwrap()["k"], "v2");
+}
+
+#[tokio::test]
 async fn deleting_an_owner_collects_its_dependents() {
     let cluster = Cluster::start(Options::default()).await.unwrap();
     let cms: Api<ConfigMap> = Api::namespaced(admin(&cluster).await, "default");

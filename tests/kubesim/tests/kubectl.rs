@@ -190,6 +190,57 @@ async fn get_apply_and_delete() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_dry_run_and_diff_change_nothing() {
+    let cluster = Cluster::start(Options::default()).await.unwrap();
+    let scratch = Scratch::new();
+    let kubectl = Kubectl::new(&cluster, &scratch, "kubesim-admin", &["system:masters"]);
+    let file = scratch.write("deployment.yaml", &deployment(2));
+    kubectl.ok(&["apply", "-f", &file]).await;
+    let replicas = async || {
+        kubectl
+            .ok(&["get", "deployment", "web", "-o", "jsonpath={.spec.replicas}"])
+            .await
+    };
+    let diff = async || {
+        let out = kubectl.command(&["diff", "-f", &file]).output().await.unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    assert_eq!(diff().await, (Some(0), String::new()), "nothing to diff yet");
+
+    scratch.write("deployment.yaml", &deployment(4));
+    assert_eq!(
+        kubectl.ok(&["apply", "--dry-run=server", "-f", &file]).await.trim(),
+        "deployment.apps/web configured (server dry run)"
+    );
+    assert_eq!(replicas().await, "2");
+    let (code, text) = diff().await;
+    assert_eq!(code, Some(1), "kubectl diff exits 1 when there are differences: {text}");
+    assert!(
+        text.contains("-  replicas: 2") && text.contains("+  replicas: 4"),
+        "{text}"
+    );
+    assert_eq!(replicas().await, "2");
+
+    // A new object: created by nobody, a diff against nothing.
+    let pod = scratch.write("pod.yaml", POD);
+    assert_eq!(
+        kubectl.ok(&["apply", "--dry-run=server", "-f", &pod]).await.trim(),
+        "pod/solo created (server dry run)"
+    );
+    let out = kubectl.command(&["diff", "-f", &pod]).output().await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("+  name: solo"), "{text}");
+    assert!(kubectl.fails(&["get", "pod", "solo"]).await.contains("NotFound"));
+
+    assert_eq!(
+        kubectl.ok(&["delete", "--dry-run=server", "-f", &file]).await.trim(),
+        r#"deployment.apps "web" deleted (server dry run)"#
+    );
+    assert_eq!(replicas().await, "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_watch_streams_changes() {
     let cluster = Cluster::start(Options::default()).await.unwrap();
     let scratch = Scratch::new();

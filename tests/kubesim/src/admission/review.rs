@@ -31,6 +31,8 @@ pub struct Attributes<'a> {
     pub name: &'a str,
     /// The caller.
     pub user: &'a User,
+    /// A `?dryRun=All` request: nothing will be stored.
+    pub dry_run: bool,
 }
 
 /// What a webhook answered, once the answer was checked.
@@ -59,11 +61,14 @@ pub fn review(attrs: &Attributes<'_>, uid: &str, obj: &Value, old: Option<&Value
     if !u.extra.is_empty() {
         user["extra"] = json!(u.extra);
     }
-    let options = match attrs.op {
+    let mut options = match attrs.op {
         Operation::Create => json!({"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"}),
         Operation::Update => json!({"kind": "UpdateOptions", "apiVersion": "meta.k8s.io/v1"}),
         Operation::Delete => json!({"kind": "DeleteOptions", "apiVersion": "meta.k8s.io/v1"}),
     };
+    if attrs.dry_run {
+        options["dryRun"] = json!(["All"]);
+    }
     let mut request = json!({
         "uid": uid,
         "kind": kind, "resource": resource,
@@ -73,7 +78,7 @@ pub fn review(attrs: &Attributes<'_>, uid: &str, obj: &Value, old: Option<&Value
         "userInfo": user,
         "object": obj,
         "oldObject": old.cloned().unwrap_or(Value::Null),
-        "dryRun": false,
+        "dryRun": attrs.dry_run,
         "options": options,
     });
     if !attrs.subresource.is_empty() {

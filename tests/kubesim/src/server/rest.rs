@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::path::RequestInfo;
 use super::{error, json, read_body, read_object, Body};
-use crate::api::{Api, DeleteOptions, User};
+use crate::api::{Api, DeleteOptions, PatchOptions, User};
 use crate::patch::PatchType;
 use crate::resources::ResourceType;
 use crate::selectors::{FieldSelector, LabelSelector};
@@ -37,6 +37,23 @@ fn selectors(params: &HashMap<String, String>) -> Result<(LabelSelector, FieldSe
     let fields = FieldSelector::parse(params.get("fieldSelector").map_or("", String::as_str))
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     Ok((labels, fields))
+}
+
+/// `?dryRun=All` (the only value kube-apiserver knows): validate and admit, store nothing.
+fn dry_run(params: &HashMap<String, String>, options: &str) -> Result<bool, ApiError> {
+    dry_run_value(params.get("dryRun").map(String::as_str), options)
+}
+
+fn dry_run_value(value: Option<&str>, options: &str) -> Result<bool, ApiError> {
+    match value {
+        None | Some("") => Ok(false),
+        Some("All") => Ok(true),
+        Some(other) => Err(ApiError::invalid(
+            options,
+            "",
+            format!("dryRun: Unsupported value: {other:?}: supported values: \"All\""),
+        )),
+    }
 }
 
 fn with_warnings(mut resp: Response<Body>, warnings: Vec<String>) -> Response<Body> {
@@ -94,7 +111,10 @@ async fn dispatch(
     let name = info.name.as_str();
     match (info.verb.as_str(), sub) {
         ("get", "log") => logs(api, ns, name, params),
-        ("get" | "update" | "patch", "scale") => scale(api, user, &rt, ns, name, &info.verb, req).await,
+        ("get" | "update" | "patch", "scale") => {
+            let dry = dry_run(params, "UpdateOptions")?;
+            scale(api, user, &rt, ns, name, &info.verb, dry, req).await
+        }
         ("create", "token") => {
             let body = read_object(req).await?;
             Ok(json(
@@ -136,16 +156,19 @@ async fn dispatch(
             ))
         }
         ("create", "") => {
+            let dry = dry_run(params, "CreateOptions")?;
             let body = read_object(req).await?;
-            let (obj, warnings) = api.create(user, &rt, ns, body).await?;
+            let (obj, warnings) = api.create_with(user, &rt, ns, body, dry).await?;
             Ok(with_warnings(json(StatusCode::CREATED, &obj), warnings))
         }
         ("update", _) => {
+            let dry = dry_run(params, "UpdateOptions")?;
             let body = read_object(req).await?;
-            let (obj, warnings) = api.update(user, &rt, ns, name, body, non_empty(sub)).await?;
+            let (obj, warnings) = api.update_with(user, &rt, ns, name, body, non_empty(sub), dry).await?;
             Ok(with_warnings(json(StatusCode::OK, &obj), warnings))
         }
         ("patch", _) => {
+            let dry = dry_run(params, "PatchOptions")?;
             let ct = req
                 .headers()
                 .get(header::CONTENT_TYPE)
@@ -155,19 +178,22 @@ async fn dispatch(
             let kind = PatchType::from_content_type(&ct)
                 .ok_or_else(|| ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {ct:?})")))?;
             let body = read_body(req).await?;
-            let manager = params.get("fieldManager").map(String::as_str);
+            let opts = PatchOptions {
+                field_manager: params.get("fieldManager").map(String::as_str),
+                dry_run: dry,
+            };
             let (obj, warnings) = api
-                .patch(user, &rt, ns, name, kind, &body, non_empty(sub), manager)
+                .patch_with(user, &rt, ns, name, kind, &body, non_empty(sub), opts)
                 .await?;
             Ok(with_warnings(json(StatusCode::OK, &obj), warnings))
         }
         ("delete", "") => {
-            let opts = delete_options(params, &read_body(req).await?);
+            let opts = delete_options(params, &read_body(req).await?)?;
             Ok(json(StatusCode::OK, &api.delete(user, &rt, ns, name, &opts).await?))
         }
         ("deletecollection", "") => {
             let (labels, fields) = selectors(params)?;
-            let opts = delete_options(params, &read_body(req).await?);
+            let opts = delete_options(params, &read_body(req).await?)?;
             Ok(json(
                 StatusCode::OK,
                 &api.delete_collection(user, &rt, (!ns.is_empty()).then_some(ns), &labels, &fields, &opts)
@@ -195,9 +221,15 @@ fn parse_object(bytes: &[u8]) -> Result<Value, ApiError> {
     Ok(v)
 }
 
-fn delete_options(params: &HashMap<String, String>, body: &[u8]) -> DeleteOptions {
+/// The options of a delete, from the query or a `DeleteOptions` body (kubectl sends
+/// `dryRun: [All]` there).
+fn delete_options(params: &HashMap<String, String>, body: &[u8]) -> Result<DeleteOptions, ApiError> {
     let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    DeleteOptions {
+    let mut dry = dry_run(params, "DeleteOptions")?;
+    for value in body["dryRun"].as_array().into_iter().flatten() {
+        dry |= dry_run_value(Some(value.as_str().unwrap_or_default()), "DeleteOptions")?;
+    }
+    Ok(DeleteOptions {
         propagation: params
             .get("propagationPolicy")
             .cloned()
@@ -206,7 +238,8 @@ fn delete_options(params: &HashMap<String, String>, body: &[u8]) -> DeleteOption
             .get("gracePeriodSeconds")
             .and_then(|g| g.parse().ok())
             .or_else(|| body["gracePeriodSeconds"].as_i64()),
-    }
+        dry_run: dry,
+    })
 }
 
 fn logs(api: &Api, ns: &str, name: &str, params: &HashMap<String, String>) -> Result<Response<Body>, ApiError> {
@@ -227,6 +260,7 @@ fn logs(api: &Api, ns: &str, name: &str, params: &HashMap<String, String>) -> Re
     Ok(resp)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn scale(
     api: &Api,
     user: &User,
@@ -234,6 +268,7 @@ async fn scale(
     ns: &str,
     name: &str,
     verb: &str,
+    dry_run: bool,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     if verb != "get" {
@@ -253,8 +288,14 @@ async fn scale(
             .as_i64()
             .ok_or_else(|| ApiError::invalid("Scale", name, "spec.replicas: Required value"))?;
         let patch = json!({"spec": {"replicas": replicas}}).to_string();
-        api.patch(user, rt, ns, name, PatchType::Merge, patch.as_bytes(), None, None)
+        let opts = PatchOptions {
+            field_manager: None,
+            dry_run,
+        };
+        let (obj, _) = api
+            .patch_with(user, rt, ns, name, PatchType::Merge, patch.as_bytes(), None, opts)
             .await?;
+        return Ok(json(StatusCode::OK, &scale_of(&obj)));
     }
     Ok(json(StatusCode::OK, &scale_of(&api.get(rt, ns, name)?)))
 }
