@@ -17,9 +17,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Starts a cluster, writes an admin kubeconfig and runs until interrupted.
+    /// Starts a cluster, writes an admin kubeconfig and runs until SIGINT (Ctrl-C) or
+    /// SIGTERM, which stop every pod and remove the pod network.
     ///
-    /// Example: kubesim up --kubeconfig /tmp/kubesim.json && KUBECONFIG=/tmp/kubesim.json kubectl get ns
+    /// It does not return while the cluster runs: start it in one shell (or with `&`) and
+    /// use it from another, e.g. `kubesim up --kubeconfig /tmp/kubesim.json &` then
+    /// `kubectl --kubeconfig /tmp/kubesim.json get ns` once the file exists.
     Up {
         /// Where to write the admin kubeconfig.
         #[arg(long)]
@@ -94,7 +97,11 @@ async fn up(kubeconfig: PathBuf, network: NetworkArg, images: Option<PathBuf>) -
         None => Default::default(),
     };
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
+    // Both handlers are in place before the cluster starts: a signal during start-up is
+    // held until the cluster is up and then stops it (no default action killing the
+    // process half-way, with pods or a netns bridge left behind).
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let cluster = kubesim::Cluster::start(kubesim::Options { network, images }).await?;
     cluster.write_kubeconfig(&kubeconfig, "kubesim-admin", &["system:masters"])?;
     println!(
@@ -103,7 +110,7 @@ async fn up(kubeconfig: PathBuf, network: NetworkArg, images: Option<PathBuf>) -
         kubeconfig.display()
     );
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = interrupt.recv() => {}
         _ = term.recv() => {}
     }
     tracing::info!("stopping: pods get SIGTERM, then the pod network is removed");
