@@ -37,13 +37,14 @@ pub struct Args {
     /// Address of the HTTPS server (POST /mutate-pods, /healthz, /readyz, /metrics).
     #[arg(long, env = "SHUNT_WEBHOOK_LISTEN", default_value = "0.0.0.0:8443")]
     pub listen: SocketAddr,
-    /// Where the serving certificate comes from.
-    #[arg(long, env = "SHUNT_WEBHOOK_CERT_MODE", value_enum, default_value = "self")]
-    pub cert_mode: CertMode,
-    /// Mode files: PEM certificate chain, leaf first.
+    /// Where the serving certificate comes from [default: files when --cert-file or
+    /// --key-file is given, else self].
+    #[arg(long, env = "SHUNT_WEBHOOK_CERT_MODE", value_enum)]
+    pub cert_mode: Option<CertMode>,
+    /// Mode files: PEM certificate chain, leaf first (implies --cert-mode files).
     #[arg(long, env = "SHUNT_WEBHOOK_CERT_FILE")]
     pub cert_file: Option<PathBuf>,
-    /// Mode files: PEM private key.
+    /// Mode files: PEM private key (implies --cert-mode files).
     #[arg(long, env = "SHUNT_WEBHOOK_KEY_FILE")]
     pub key_file: Option<PathBuf>,
     /// Mode files: how often the files are checked for changes.
@@ -202,12 +203,29 @@ pub(crate) fn bad(flag: &'static str, why: impl Into<String>) -> ConfigError {
 }
 
 impl Args {
+    /// The certificate mode: the one given, else `files` when a certificate file is given
+    /// (so that `--cert-file F --key-file F` alone serves the files), else `self`.
+    fn cert_mode(&self) -> CertMode {
+        match self.cert_mode {
+            Some(mode) => mode,
+            None if self.files_given() => CertMode::Files,
+            None => CertMode::SelfManaged,
+        }
+    }
+
+    fn files_given(&self) -> bool {
+        self.cert_file.is_some() || self.key_file.is_some()
+    }
+
     /// Checks the arguments and builds the settings.
     pub fn settings(&self) -> Result<Settings, ConfigError> {
-        let cert = match self.cert_mode {
+        let cert = match self.cert_mode() {
             CertMode::Files => {
                 let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) else {
-                    return Err(bad("--cert-mode files", "needs --cert-file and --key-file"));
+                    return Err(bad(
+                        "--cert-mode files",
+                        "needs --cert-file and --key-file (the PEM certificate chain and its key, e.g.                          from a cert-manager Secret); give both",
+                    ));
                 };
                 CertSource::Files {
                     files: CertFiles {
@@ -216,6 +234,12 @@ impl Args {
                     },
                     interval: nonzero("--reload-interval", self.reload_interval)?,
                 }
+            }
+            CertMode::SelfManaged if self.files_given() => {
+                return Err(bad(
+                    "--cert-mode self",
+                    "does not use --cert-file/--key-file (it makes its own certificate and keeps it in                      a Secret); leave out --cert-mode self to serve the files, or leave out the files",
+                ));
             }
             CertMode::SelfManaged => CertSource::SelfManaged(self.self_settings()?),
         };

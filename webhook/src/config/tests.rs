@@ -42,6 +42,28 @@ fn files_mode_needs_both_files() {
 }
 
 #[test]
+fn certificate_files_imply_files_mode_and_are_refused_with_an_explicit_self_mode() {
+    let s = args(&["--cert-file", "/c", "--key-file", "/k"]).unwrap();
+    let CertSource::Files { files, .. } = s.cert else {
+        panic!("files mode expected")
+    };
+    assert_eq!((files.cert.to_str(), files.key.to_str()), (Some("/c"), Some("/k")));
+    // One file alone is files mode missing the other, not self mode ignoring it.
+    let err = args(&["--key-file", "/k"]).unwrap_err();
+    assert!(err.contains("--cert-file and --key-file"), "{err}");
+    for argv in [
+        &["--cert-mode", "self", "--cert-file", "/c", "--key-file", "/k"][..],
+        &["--cert-mode", "self", "--key-file", "/k"],
+    ] {
+        let err = args(argv).unwrap_err();
+        assert!(
+            err.starts_with("--cert-mode self: does not use --cert-file/--key-file"),
+            "{argv:?}: {err}"
+        );
+    }
+}
+
+#[test]
 fn errors_name_the_flag() {
     let cases: &[(&[&str], &str)] = &[
         (&["--renew-before", "400d"], "--renew-before"),
