@@ -255,7 +255,20 @@ async fn to_upstream(
     req: Request<OutBody>,
 ) -> Response<OutBody> {
     let result = match route.route.upstream.authority() {
-        Some(dest) => send(shared, conn, dest.as_str(), req).await,
+        Some(dest) => {
+            // A developer's server may accept the connection and close it before answering
+            // (it is restarting, or crashed on the request). Nothing reached the client yet,
+            // so a request that is safe to repeat (RFC 9110 §9.2.1) and has no body is served
+            // by the app instead; for anything else the developer may have acted on it.
+            let replay = replayable(&req).filter(|head| head.method().is_safe() && !is_upgrade(head));
+            match (send(shared, conn, dest.as_str(), req).await, replay) {
+                (Err(SendError::Sent(e)), Some(head)) => Err(SendError::Unsent(
+                    Box::new(head),
+                    format!("the upstream failed before answering: {e}"),
+                )),
+                (result, _) => result,
+            }
+        }
         None => match send_hub(shared, route, req).await {
             Ok(result) => result,
             Err(refusal) => return refusal,
@@ -294,14 +307,7 @@ async fn send_hub(
     route: &ActiveRoute,
     req: Request<OutBody>,
 ) -> Result<Result<Response<OutBody>, SendError>, Response<OutBody>> {
-    let replay = http_body::Body::is_end_stream(req.body()).then(|| {
-        let mut head = Request::new(super::body::empty());
-        *head.method_mut() = req.method().clone();
-        *head.uri_mut() = req.uri().clone();
-        *head.version_mut() = req.version();
-        *head.headers_mut() = req.headers().clone();
-        head
-    });
+    let replay = replayable(&req);
     match shared.hub.send(&route.route.id, req).await {
         Ok(resp) if crate::hub::is_unavailable(&resp) => match replay {
             Some(head) => Ok(Err(SendError::Unsent(
@@ -329,6 +335,19 @@ async fn send_hub(
         ))),
         Err(e) => Ok(Err(e)),
     }
+}
+
+/// A copy of `req` to send elsewhere if it fails, when it has no body (a body is read
+/// only once); extensions (an upgrade) are not copied.
+fn replayable(req: &Request<OutBody>) -> Option<Request<OutBody>> {
+    http_body::Body::is_end_stream(req.body()).then(|| {
+        let mut head = Request::new(super::body::empty());
+        *head.method_mut() = req.method().clone();
+        *head.uri_mut() = req.uri().clone();
+        *head.version_mut() = req.version();
+        *head.headers_mut() = req.headers().clone();
+        head
+    })
 }
 
 /// Forwards to `dest`; an unsent failure is retried nowhere else (the app is the last resort).
