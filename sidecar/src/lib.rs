@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use config::{Config, RedirectMode};
 use metrics::Metrics;
@@ -58,6 +58,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_hub(link.clone()),
     );
 
+    // Ready once the redirect is in place: in nftables mode after the first install
+    // (which replaces a previous sidecar's stale table), in port-takeover mode once the
+    // listen ports are bound.
+    let (redirect_ready, redirect_installed) = oneshot::channel();
     let redirect = match config.redirect {
         RedirectMode::Nftables => {
             // The redirect task replaces a table left by a previous sidecar (which would
@@ -68,11 +72,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 shared.clone(),
                 nft,
                 shutdown_rx.clone(),
+                redirect_ready,
             ))
         }
         RedirectMode::PortTakeover => {
             let (config, shared, shutdown) = (config.clone(), shared.clone(), shutdown_rx.clone());
-            let task = redirect::run_takeover(config, shared, shutdown);
+            let task = redirect::run_takeover(config, shared, shutdown, redirect_ready);
             tokio::spawn(async move {
                 if let Err(error) = task.await {
                     tracing::error!(%error, "port takeover failed");
@@ -106,7 +111,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         (None, None) => Some(table_tx),
     };
-    admin.ready.store(true, Ordering::Relaxed);
+    tokio::spawn({
+        let admin = admin.clone();
+        async move {
+            // An error means the redirect task ended without getting ready (it logged why).
+            if redirect_installed.await.is_ok() {
+                admin.ready.store(true, Ordering::Relaxed);
+                tracing::debug!("redirect in place; ready");
+            }
+        }
+    });
     tracing::info!(mode = ?config.redirect, app.ports = ?config.app_ports, "shunt-sidecar started");
 
     wait_for_signal().await?;

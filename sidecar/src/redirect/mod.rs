@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::config::Config;
@@ -48,7 +48,18 @@ enum Listener {
 
 /// Keeps the nftables redirect in step with the routing table until shutdown, then
 /// removes the table.
-pub async fn run_nftables(config: Config, shared: Arc<Shared>, nft: Nft, mut shutdown: watch::Receiver<bool>) {
+///
+/// `ready` fires once the first install has finished: from then on no stale table of a
+/// previous sidecar redirects to a dead proxy port. It fires when that install failed
+/// too, since the app then serves every connection itself (the sidecar fails open) and
+/// the error is logged; keeping the pod unready would only take the app out of service.
+pub async fn run_nftables(
+    config: Config,
+    shared: Arc<Shared>,
+    nft: Nft,
+    mut shutdown: watch::Receiver<bool>,
+    ready: oneshot::Sender<()>,
+) {
     let mut table = shared.table.clone();
     let mut listener = Listener::Closed;
     // One batch replaces a stale table (a previous sidecar's) with an empty one, so
@@ -60,6 +71,7 @@ pub async fn run_nftables(config: Config, shared: Arc<Shared>, nft: Nft, mut shu
             false
         }
     };
+    let _ = ready.send(());
     // The set holds ports.
     let mut leased = false;
     let mut healthy = true;
@@ -148,7 +160,14 @@ pub async fn run_nftables(config: Config, shared: Arc<Shared>, nft: Nft, mut shu
 }
 
 /// Binds the takeover listen ports (one per app port); serves them until shutdown.
-pub async fn run_takeover(config: Config, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
+/// `ready` fires once every listen port is bound (Services target them); never if one
+/// cannot be bound.
+pub async fn run_takeover(
+    config: Config,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    ready: oneshot::Sender<()>,
+) -> std::io::Result<()> {
     for (&app, &listen) in &config.listen_ports {
         let addr = SocketAddr::new(config.bind_ip, listen);
         let bound = TcpListener::bind(addr).await.map_err(|e| {
@@ -165,6 +184,7 @@ pub async fn run_takeover(config: Config, shared: Arc<Shared>, shutdown: watch::
             shutdown.clone(),
         ));
     }
+    let _ = ready.send(());
     let mut table = shared.table.clone();
     let mut shutdown = shutdown;
     loop {
