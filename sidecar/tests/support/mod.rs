@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use shunt_echo::Echo;
 use shunt_netns::Pod;
 
 pub const SIDECAR: &str = env!("CARGO_BIN_EXE_shunt-sidecar");
@@ -67,18 +68,84 @@ impl SidecarPod {
         wait_routes(&self.admin, routes.len());
     }
 
-    /// Starts the sidecar for app port 8080 with the routes file, text logs at `log`, and
-    /// waits until it is ready; its pid.
-    pub fn start_sidecar(&self, log: &str) -> u32 {
+    /// The sidecar command for app port 8080 with the routes file and text logs at `log`.
+    pub fn sidecar_command(&self, log: &str) -> Command {
         let mut cmd = self.pod.command(SIDECAR);
         cmd.env("SHUNT_APP_PORTS", "8080")
             .env("SHUNT_ROUTES_FILE", &self.routes)
             .env("SHUNT_LOG_FORMAT", "text")
             .env("SHUNT_LOG", log);
+        cmd
+    }
+
+    /// Starts the sidecar ([`Self::sidecar_command`]) and waits until it is ready; its pid.
+    pub fn start_sidecar(&self, log: &str) -> u32 {
+        self.start_sidecar_with(log, &[])
+    }
+
+    /// [`Self::start_sidecar`] with more environment variables.
+    pub fn start_sidecar_with(&self, log: &str, env: &[(&str, &str)]) -> u32 {
+        let mut cmd = self.sidecar_command(log);
+        cmd.envs(env.iter().copied());
         let pid = self.pod.spawn(cmd).unwrap();
         wait_ready(&self.admin);
         pid
     }
+
+    /// An echo server in the root namespace, reachable from the pod: a "developer".
+    pub async fn developer(&self, name: &str) -> Echo {
+        let listener = tokio::net::TcpListener::bind((self.pod.host_ip, 0)).await.unwrap();
+        shunt_echo::spawn(listener, name).unwrap()
+    }
+
+    /// The table `inet shunt` exists in the pod.
+    pub fn has_table(&self) -> bool {
+        self.pod.nft_ruleset().unwrap().contains("table inet shunt")
+    }
+
+    /// Ports are in the redirect set (a dormant sidecar's set is empty).
+    pub fn redirecting(&self) -> bool {
+        self.pod.nft_ruleset().unwrap().contains("elements = {")
+    }
+
+    /// Something in the pod listens on TCP `port`.
+    pub fn listening(&self, port: u16) -> bool {
+        let out = self.pod.run("ss", &["-Hltn", &format!("sport = :{port}")]).unwrap();
+        out.contains(&format!(":{port}"))
+    }
+}
+
+/// A plain-TCP (not HTTP) echo: per connection it reads until the client shuts its
+/// sending side, then answers `NAME:` followed by the bytes and closes.
+pub fn tcp_echo(listener: tokio::net::TcpListener, name: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let name = name.to_owned();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let name = name.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                if stream.read_to_end(&mut got).await.is_ok() {
+                    let mut answer = format!("{name}:").into_bytes();
+                    answer.extend_from_slice(&got);
+                    let _ = stream.write_all(&answer).await;
+                }
+            });
+        }
+    });
+}
+
+/// Sends `bytes` on a fresh connection to `addr`, shuts the sending side and reads the
+/// answer until the peer closes (at most 10 s).
+pub fn tcp_round_trip(addr: &str, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(bytes)?;
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    Ok(answer)
 }
 
 /// Replaces the routes file atomically (as a ConfigMap update would).

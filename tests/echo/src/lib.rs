@@ -3,7 +3,10 @@
 //! JSON field) and echoes the request's method, path, headers and body size, so a test
 //! can tell who served a request and what arrived there.
 //!
-//! `/slow?ms=N` answers after N milliseconds; `/status/N` answers with status N.
+//! `/slow?ms=N` answers after N milliseconds; `/status/N` answers with status N. A request
+//! with an `x-echo-trailers` header gets gRPC-style trailers (`grpc-status: 0` and
+//! `x-trailer-served-by: NAME`); HTTP/2 carries them, HTTP/1.1 drops them (the body has a
+//! length, so it is not chunked).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,7 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::combinators::WithTrailers;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -67,12 +71,15 @@ pub async fn serve(listener: TcpListener, name: String, requests: Arc<AtomicU64>
     }
 }
 
+/// The answer's body: the JSON, then trailers if they were asked for.
+type EchoBody = WithTrailers<Full<Bytes>, std::future::Ready<Option<Result<HeaderMap, Infallible>>>>;
+
 async fn answer(
     name: Arc<str>,
     requests: Arc<AtomicU64>,
     peer: SocketAddr,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<EchoBody>, Infallible> {
     let (parts, body) = req.into_parts();
     // Read the whole body (so clients that stream see it consumed) but keep only its size.
     let body_bytes = match body.collect().await {
@@ -114,11 +121,20 @@ async fn answer(
         "headers": headers,
         "body_bytes": body_bytes,
     });
-    let mut resp = Response::new(Full::new(Bytes::from(format!("{json}\n"))));
+    let trailers = parts.headers.contains_key("x-echo-trailers").then(|| {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        if let Ok(v) = HeaderValue::from_str(&name) {
+            trailers.insert("x-trailer-served-by", v);
+        }
+        Ok(trailers)
+    });
+    let body = Full::new(Bytes::from(format!("{json}\n"))).with_trailers(std::future::ready(trailers));
+    let mut resp = Response::new(body);
     *resp.status_mut() = status;
     resp.headers_mut()
-        .insert("content-type", http::HeaderValue::from_static("application/json"));
-    if let Ok(v) = http::HeaderValue::from_str(&name) {
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    if let Ok(v) = HeaderValue::from_str(&name) {
         resp.headers_mut().insert("x-served-by", v);
     }
     Ok(resp)
