@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use serde_json::Value;
 
 /// One served resource type (one version of it).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct ResourceType {
     /// API group ("" for core).
     pub group: String,

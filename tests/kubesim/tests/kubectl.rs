@@ -1,5 +1,6 @@
 //! The real `kubectl` against an in-process kubesim: get, apply (create and update) and
-//! delete of deployments, pods and a CRD with its objects, `get -w`, `auth can-i`
+//! delete of deployments, pods and a CRD with its objects, server-side dry runs and
+//! `diff`, `get -w` (names, and the tables of pods, deployments and custom objects), `auth can-i`
 //! answered from RBAC, `auth whoami`, `create token`.
 
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -271,6 +272,109 @@ async fn get_watch_streams_changes() {
     kubectl.ok(&["delete", "configmap", "during"]).await;
     assert_eq!(next().await, "configmap/during");
     watch.kill().await.unwrap();
+}
+
+/// A running `kubectl get -w`: its table lines, split into cells.
+struct Watch {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Watch {
+    fn start(kubectl: &Kubectl, what: &str) -> Watch {
+        let mut child = kubectl
+            .command(&["get", what, "-w"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Watch { child, lines }
+    }
+
+    async fn line(&mut self) -> Vec<String> {
+        let line = tokio::time::timeout(DEADLINE, self.lines.next_line())
+            .await
+            .expect("a watch line in time")
+            .unwrap()
+            .expect("kubectl get -w still runs");
+        line.split("   ")
+            .map(|c| c.trim().to_owned())
+            .filter(|c| !c.is_empty())
+            .collect()
+    }
+
+    /// Reads lines until one satisfies `want` (earlier ones are intermediate states).
+    async fn until(&mut self, what: &str, want: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.line())
+                .await
+                .unwrap_or_else(|_| panic!("no line {what} in time; saw {seen:?}"));
+            if want(&line) {
+                return line;
+            }
+            seen.push(line);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_watch_prints_tables_of_pods_deployments_and_custom_objects() {
+    let cluster = Cluster::start(Options::default()).await.unwrap();
+    let scratch = Scratch::new();
+    let kubectl = Kubectl::new(&cluster, &scratch, "kubesim-admin", &["system:masters"]);
+    let crd = scratch.write("crd.yaml", WIDGET_CRD);
+    kubectl.ok(&["apply", "-f", &crd]).await;
+    let w = scratch.write("widget.yaml", &widget(3));
+    kubectl.ok(&["apply", "-f", &w]).await;
+
+    let mut pods = Watch::start(&kubectl, "pods");
+    let mut deployments = Watch::start(&kubectl, "deployments");
+    let mut widgets = Watch::start(&kubectl, "widgets");
+    // Headers come with the first object; widgets exist already.
+    assert_eq!(widgets.line().await, ["NAME", "SIZE", "COLOR", "AGE"]);
+    let first = widgets.line().await;
+    assert_eq!(&first[..2], ["w1", "3"], "{first:?}");
+    scratch.write("widget.yaml", &widget(7));
+    kubectl.ok(&["apply", "-f", &w]).await;
+    let changed = widgets.line().await;
+    assert_eq!(&changed[..2], ["w1", "7"], "{changed:?}");
+
+    let file = scratch.write("deployment.yaml", &deployment(2));
+    kubectl.ok(&["apply", "-f", &file]).await;
+    assert_eq!(
+        deployments.line().await,
+        ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]
+    );
+    deployments
+        .until("with 2 of 2 pods ready", |l| {
+            l[0] == "web" && l[1..4] == ["2/2", "2", "2"]
+        })
+        .await;
+    assert_eq!(pods.line().await, ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]);
+    let running = |l: &[String]| l[0].starts_with("web-") && l[1..4] == ["1/1", "Running", "0"];
+    let one = pods.until("of a running pod", running).await;
+    let other = pods
+        .until("of the other running pod", |l| running(l) && l[0] != one[0])
+        .await;
+
+    scratch.write("deployment.yaml", &deployment(1));
+    kubectl.ok(&["apply", "-f", &file]).await;
+    deployments
+        .until("scaled down to 1", |l| l[0] == "web" && l[1..4] == ["1/1", "1", "1"])
+        .await;
+    let leaving = pods.until("of a pod terminating", |l| l[2] == "Terminating").await;
+    assert!([&one[0], &other[0]].contains(&&leaving[0]), "{leaving:?}");
+
+    kubectl.ok(&["delete", "-f", &w]).await;
+    // kubectl prints the last state of a deleted object once more.
+    let gone = widgets.line().await;
+    assert_eq!(&gone[..2], ["w1", "7"], "{gone:?}");
+    for watch in [&mut pods, &mut deployments, &mut widgets] {
+        watch.child.kill().await.unwrap();
+    }
 }
 
 const RBAC: &str = "apiVersion: v1

@@ -5,6 +5,7 @@
 pub mod discovery;
 pub mod openapi;
 pub mod path;
+pub mod printers;
 pub mod protobuf;
 pub mod rest;
 pub mod table;

@@ -122,7 +122,7 @@ async fn dispatch(
                 &crate::auth::token_request(api, ns, name, &body)?,
             ))
         }
-        ("get" | "list", "") if !rt.printer_columns.is_empty() && super::table::wanted(req.headers()) => {
+        ("get" | "list", "") if super::table::available(&rt) && super::table::wanted(req.headers()) => {
             let (labels, fields) = selectors(params)?;
             let list = if name.is_empty() {
                 api.list(&rt, non_empty(ns), &labels, &fields)
@@ -145,9 +145,14 @@ async fn dispatch(
         }
         ("watch", _) => {
             let (labels, fields) = selectors(params)?;
+            let as_table = sub.is_empty() && super::table::available(&rt) && super::table::wanted(req.headers());
+            let render = super::watch::Render {
+                rt: rt.clone(),
+                as_table,
+            };
             Ok(super::watch::watch(
                 api.clone(),
-                rt.clone(),
+                render,
                 ns.to_owned(),
                 labels,
                 fields,

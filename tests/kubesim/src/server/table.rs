@@ -1,8 +1,11 @@
-//! Server-side printing for custom resources with `additionalPrinterColumns`: a `get` or
-//! `list` asking for `application/json;as=Table;v=v1;g=meta.k8s.io` (as `kubectl get`
-//! does) gets a `meta.k8s.io/v1` Table with a Name column and the CRD's columns, cells
-//! computed like apiextensions-apiserver's table convertor (simple JSONPaths, `date`
-//! columns as ages). Other types answer with plain objects, which kubectl prints itself.
+//! Server-side printing: a `get`, `list` or `watch` asking for
+//! `application/json;as=Table;v=v1;g=meta.k8s.io` (as `kubectl get` does) gets
+//! `meta.k8s.io/v1` Tables (one per watch event, as kube-apiserver sends them). Custom
+//! resources with `additionalPrinterColumns` get a Name column and the CRD's columns,
+//! cells computed like apiextensions-apiserver's table convertor (simple JSONPaths,
+//! `date` columns as ages); pods and deployments get kube-apiserver's columns
+//! ([`super::printers`]). Other types answer with plain objects, which kubectl prints
+//! itself (NAME and AGE).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -18,8 +21,28 @@ pub fn wanted(headers: &http::HeaderMap) -> bool {
         .is_some_and(|a| a.split(',').next().is_some_and(|first| first.contains("as=Table")))
 }
 
-/// The Table of `objects` of `rt` (which has printer columns).
+/// Whether objects of `rt` can be printed as a Table.
+pub fn available(rt: &ResourceType) -> bool {
+    !rt.printer_columns.is_empty() || super::printers::columns(rt).is_some()
+}
+
+/// The age cell of a `creationTimestamp`-like value.
+fn age(t: &Value) -> Value {
+    t.as_str()
+        .and_then(parse_timestamp)
+        .map_or(Value::Null, |t| json!(human_age(t)))
+}
+
+/// The Table of `objects` of `rt` (which is [`available`]).
 pub fn table(rt: &ResourceType, objects: &[Value], resource_version: &Value) -> Value {
+    if let Some(columns) = super::printers::columns(rt) {
+        let rows: Vec<Value> = objects
+            .iter()
+            .map(|obj| json!({"cells": super::printers::cells(rt, obj, &age), "object": partial(obj)}))
+            .collect();
+        return json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": resource_version},
+            "columnDefinitions": columns, "rows": rows});
+    }
     let mut columns = vec![
         json!({"name": "Name", "type": "string", "format": "name", "priority": 0,
         "description": "Name must be unique within a namespace."}),
@@ -37,20 +60,21 @@ pub fn table(rt: &ResourceType, objects: &[Value], resource_version: &Value) -> 
             for c in &rt.printer_columns {
                 let value = json_path(obj, c["jsonPath"].as_str().unwrap_or_default());
                 cells.push(match (c["type"].as_str(), value) {
-                    (Some("date"), Some(Value::String(t))) => {
-                        parse_timestamp(&t).map_or(Value::Null, |t| json!(human_age(t)))
-                    }
+                    (Some("date"), Some(t)) => age(&t),
                     (_, Some(v)) => v,
                     (_, None) => Value::Null,
                 });
             }
-            let partial =
-                json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]});
-            json!({"cells": cells, "object": partial})
+            json!({"cells": cells, "object": partial(obj)})
         })
         .collect();
     json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": resource_version},
         "columnDefinitions": columns, "rows": rows})
+}
+
+/// What a row carries of its object by default (`includeObject=Metadata`).
+fn partial(obj: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]})
 }
 
 /// `.a.b[0].c` (the paths printer columns use; filters are not supported).

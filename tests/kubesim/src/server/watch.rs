@@ -8,7 +8,8 @@
 //! - `sendInitialEvents=true`: initial `ADDED` events closed by a bookmark annotated
 //!   `k8s.io/initial-events-end`;
 //! - label/field selectors: an object that starts or stops matching is sent as
-//!   `ADDED`/`DELETED`, as kube-apiserver's watch cache does.
+//!   `ADDED`/`DELETED`, as kube-apiserver's watch cache does;
+//! - `Accept: …;as=Table` (`kubectl get -w`): each event's object is a one-row Table.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -67,7 +68,7 @@ fn line(kind: &str, object: &Value) -> Bytes {
 /// Starts a watch and returns the streaming response.
 pub fn watch(
     api: Arc<Api>,
-    rt: Arc<ResourceType>,
+    render: Render,
     namespace: String,
     labels: LabelSelector,
     fields: FieldSelector,
@@ -76,7 +77,7 @@ pub fn watch(
 ) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     let filter = Filter {
-        resource: key(&rt),
+        resource: key(&render.rt),
         namespace,
         name: name.to_owned(),
         labels,
@@ -93,7 +94,7 @@ pub fn watch(
         .and_then(|t| t.parse::<u64>().ok())
         .map(Duration::from_secs);
     tokio::spawn(async move {
-        let run = stream(api, rt, filter, from, bookmarks, initial_events, tx);
+        let run = stream(api, render, filter, from, bookmarks, initial_events, tx);
         match timeout {
             Some(t) => {
                 let _ = tokio::time::timeout(t, run).await;
@@ -108,21 +109,36 @@ pub fn watch(
     resp
 }
 
-fn present(rt: &ResourceType, mut obj: Value) -> Value {
-    obj["apiVersion"] = json!(rt.api_version());
-    obj["kind"] = json!(rt.kind);
-    obj
+/// How an event's object is sent: the object, or its Table.
+pub struct Render {
+    /// The watched type.
+    pub rt: Arc<ResourceType>,
+    /// Send one-row Tables (the type must have a printer, [`super::table::available`]).
+    pub as_table: bool,
+}
+
+impl Render {
+    fn event(&self, kind: &str, mut obj: Value) -> Bytes {
+        obj["apiVersion"] = json!(self.rt.api_version());
+        obj["kind"] = json!(self.rt.kind);
+        if self.as_table {
+            let rv = obj["metadata"]["resourceVersion"].clone();
+            obj = super::table::table(&self.rt, &[obj], &rv);
+        }
+        line(kind, &obj)
+    }
 }
 
 async fn stream(
     api: Arc<Api>,
-    rt: Arc<ResourceType>,
+    render: Render,
     filter: Filter,
     from: Option<u64>,
     bookmarks: bool,
     initial_events: bool,
     tx: mpsc::Sender<Bytes>,
 ) {
+    let rt = &render.rt;
     let (replay, mut live, mut last_rv) = match from {
         Some(from) => match api.store.watch_from(from) {
             Ok((replay, live)) => (replay, live, from),
@@ -141,7 +157,7 @@ async fn stream(
                 (!filter.namespace.is_empty()).then_some(filter.namespace.as_str()),
             );
             for obj in items.into_iter().filter(|o| filter.matches(o)) {
-                if tx.send(line("ADDED", &present(&rt, obj))).await.is_err() {
+                if tx.send(render.event("ADDED", obj)).await.is_err() {
                     return;
                 }
             }
@@ -157,7 +173,7 @@ async fn stream(
     for e in replay {
         last_rv = e.rv;
         if let Some((kind, obj)) = filter.translate(&e) {
-            if tx.send(line(kind.as_str(), &present(&rt, obj))).await.is_err() {
+            if tx.send(render.event(kind.as_str(), obj)).await.is_err() {
                 return;
             }
         }
@@ -171,7 +187,7 @@ async fn stream(
                 Ok(e) => {
                     last_rv = e.rv;
                     if let Some((kind, obj)) = filter.translate(&e) {
-                        if tx.send(line(kind.as_str(), &present(&rt, obj))).await.is_err() {
+                        if tx.send(render.event(kind.as_str(), obj)).await.is_err() {
                             return;
                         }
                     }
