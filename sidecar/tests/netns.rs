@@ -11,77 +11,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use shunt_echo::Echo;
-use shunt_netns::{root_available, Pod};
+use shunt_netns::root_available;
+use support::world::*;
 use support::*;
-
-struct World {
-    ns: SidecarPod,
-    sidecar: u32,
-    app: Option<Echo>,
-}
-
-impl std::ops::Deref for World {
-    type Target = SidecarPod;
-
-    fn deref(&self) -> &SidecarPod {
-        &self.ns
-    }
-}
-
-impl World {
-    /// An echo server in the root namespace, reachable from the pod: a "developer".
-    async fn developer(&self, name: &str) -> Echo {
-        let listener = tokio::net::TcpListener::bind((self.pod.host_ip, 0)).await.unwrap();
-        shunt_echo::spawn(listener, name).unwrap()
-    }
-
-    fn has_table(&self) -> bool {
-        self.pod.nft_ruleset().unwrap().contains("table inet shunt")
-    }
-
-    /// Ports are in the redirect set (a dormant sidecar's set is empty).
-    fn redirecting(&self) -> bool {
-        self.pod.nft_ruleset().unwrap().contains("elements = {")
-    }
-}
-
-/// A pod with the echo app on 8080 (or none, for tests that bring their own app).
-async fn world(with_app: bool) -> World {
-    let pod = Pod::create().unwrap();
-    let app = if with_app {
-        let listener = pod.bind(SocketAddr::from(([0, 0, 0, 0], 8080))).unwrap();
-        Some(shunt_echo::spawn(tokio::net::TcpListener::from_std(listener).unwrap(), "app").unwrap())
-    } else {
-        None
-    };
-    let ns = SidecarPod::new(pod, "netns");
-    let sidecar = ns.start_sidecar("info");
-    World { ns, sidecar, app }
-}
-
-/// Curl arguments for one keep-alive connection carrying one request per header.
-fn keep_alive_args(url: &str, headers: &[Option<&str>], extra: &[&str]) -> Vec<String> {
-    let mut args = Vec::new();
-    for (i, h) in headers.iter().enumerate() {
-        if i > 0 {
-            args.push("--next".to_owned());
-        }
-        args.extend(extra.iter().map(|s| s.to_string()));
-        if let Some(h) = h {
-            args.extend(["-H".to_owned(), h.to_string()]);
-        }
-        args.push(url.to_owned());
-    }
-    args
-}
-
-fn curl_owned(args: &[String]) -> (String, String, bool) {
-    curl(&args.iter().map(String::as_str).collect::<Vec<_>>())
-}
-
-const ALICE: Option<&str> = Some("x-user: alice");
-const BOB: Option<&str> = Some("x-user: bob");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dormant_sidecar_leaves_traffic_and_ruleset_alone() {
@@ -221,6 +153,39 @@ async fn two_steals_and_a_mirror_share_one_port() {
         (carol.count() - carol_before == 30).then_some(())
     });
     assert_eq!(metric(&w.admin, "shunt_sidecar_mirror_copies_dropped_total"), 0.0);
+
+    // A request that repeats the header matches both steals: it belongs to nobody.
+    let (out, _, ok) = curl(&["-H", "x-user: alice", "-H", "x-user: bob", &w.url("/both")]);
+    assert!(ok);
+    assert_eq!(served_by(&out), ["app"], "ambiguous request served by the app");
+    assert_eq!(
+        metric(
+            &w.admin,
+            "shunt_sidecar_requests_total{route=\"none\",port=\"8080\",outcome=\"ambiguous\"}"
+        ),
+        1.0
+    );
+
+    // While routes are active the lease is renewed every second.
+    const RENEWALS: &str = "shunt_sidecar_lease_renewals_total{result=\"ok\"}";
+    let renewed = metric(&w.admin, RENEWALS);
+    eventually("two more lease renewals", Duration::from_secs(5), || {
+        (metric(&w.admin, RENEWALS) >= renewed + 2.0).then_some(())
+    });
+    assert!(w.listening(15080), "the proxy listens while routes exist");
+
+    // The last route removed: the set is emptied, then the proxy listener closes.
+    w.set_routes(&[]);
+    let removed = Instant::now();
+    eventually("proxy listener closed", Duration::from_secs(5), || {
+        (!w.listening(15080)).then_some(())
+    });
+    eprintln!(
+        "proxy listener closed {:?} after the last route went",
+        removed.elapsed()
+    );
+    assert!(!w.redirecting());
+    assert_eq!(who(&w.url("/"), ALICE).as_deref(), Some("app"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,63 +230,6 @@ async fn websocket_upgrades_follow_the_route_of_the_upgrade_request() {
     assert_eq!(ws_client(&url, BOB), "app: hello");
 }
 
-struct KillOnDrop<'a>(&'a mut std::process::Child);
-
-impl Drop for KillOnDrop<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_sidecar_fails_open_within_the_lease_and_restarts_clean() {
-    if !root_available("kill -9") {
-        return;
-    }
-    let mut w = world(true).await;
-    let alice = w.developer("dev-alice").await;
-    w.set_routes(&[route("alice", "steal", Some("x-user: alice"), &alice.addr.to_string())]);
-    eventually("alice's route active", Duration::from_secs(5), || {
-        (who(&w.url("/"), ALICE)? == "dev-alice").then_some(())
-    });
-
-    w.pod.kill9(w.sidecar);
-    let killed = Instant::now();
-    // No cleanup step runs: the kernel expires the lease and the app gets the port back.
-    eventually("app serves alice again", Duration::from_secs(8), || {
-        (who(&w.url("/"), ALICE)? == "app").then_some(())
-    });
-    let recovered = killed.elapsed();
-    eprintln!("fail-open after kill -9: {recovered:?} (lease 3s)");
-    assert!(
-        recovered <= Duration::from_millis(4500),
-        "took {recovered:?}, lease is 3s"
-    );
-    assert_eq!(who(&w.url("/"), None).as_deref(), Some("app"));
-    assert!(w.has_table(), "the dead sidecar's (now empty) table is still there");
-
-    // A new sidecar replaces the stale table with an empty one before anything else,
-    // then follows the file.
-    write_routes(&w.routes, &[]);
-    w.sidecar = w.start_sidecar("info");
-    assert!(
-        w.has_table() && !w.redirecting(),
-        "restarted sidecar starts clean:\n{}",
-        w.pod.nft_ruleset().unwrap()
-    );
-    w.set_routes(&[route("alice", "steal", Some("x-user: alice"), &alice.addr.to_string())]);
-    eventually("route active again", Duration::from_secs(5), || {
-        (who(&w.url("/"), ALICE)? == "dev-alice").then_some(())
-    });
-
-    // A clean stop (SIGTERM) removes the table at once.
-    let status = w.pod.terminate(w.sidecar).unwrap();
-    assert!(status.success(), "clean exit on SIGTERM: {status}");
-    assert!(!w.has_table());
-    assert_eq!(who(&w.url("/"), ALICE).as_deref(), Some("app"));
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_for_a_developer_who_is_down_are_served_by_the_app() {
     if !root_available("upstream down") {
@@ -352,6 +260,64 @@ async fn requests_for_a_developer_who_is_down_are_served_by_the_app() {
     assert!(failed_open >= 1.0, "failed_open counted: {failed_open}");
 }
 
+/// A developer server that accepts connections and closes them without answering: at
+/// once, or (`read_head`) after reading the request head. It counts the connections.
+fn closing_upstream(
+    ip: std::net::Ipv4Addr,
+    read_head: bool,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU32>) {
+    let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if read_head {
+                stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+            }
+        }
+    });
+    (addr, accepted)
+}
+
+/// A developer upstream that accepts and closes before any response byte: a GET (safe,
+/// no body) is served by the app and counted as failed open, not answered with 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_developer_that_closes_without_answering_fails_open_for_safe_requests() {
+    if !root_available("upstream closes") {
+        return;
+    }
+    let w = world(true).await;
+    for (id, read_head) in [("closes-at-once", false), ("closes-after-head", true)] {
+        let (addr, accepted) = closing_upstream(w.pod.host_ip, read_head);
+        w.set_routes(&[route(id, "steal", ALICE, &addr.to_string())]);
+        eventually("route in force", Duration::from_secs(5), || {
+            let (out, _, _) = curl(&[&format!("http://{}/routes", w.admin)]);
+            (out.contains(id) && metric(&w.admin, "shunt_sidecar_active_ports") == 1.0).then_some(())
+        });
+        let failed_open =
+            format!("shunt_sidecar_requests_total{{route=\"{id}\",port=\"8080\",outcome=\"failed_open\"}}");
+        let before = metric(&w.admin, &failed_open);
+        for _ in 0..3 {
+            let (out, err, ok) = curl(&["-H", "x-user: alice", &w.url("/get")]);
+            assert!(ok, "read_head={read_head}: {err}");
+            assert_eq!(served_by(&out), ["app"], "read_head={read_head}: {out}");
+        }
+        let seen = accepted.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(seen >= 3, "the developer's server saw {seen} connections");
+        assert_eq!(metric(&w.admin, &failed_open) - before, 3.0, "read_head={read_head}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_slowloris_and_huge_headers_do_not_hurt_other_clients() {
     if !root_available("hostile clients") {
@@ -364,19 +330,48 @@ async fn garbage_slowloris_and_huge_headers_do_not_hurt_other_clients() {
         (who(&w.url("/"), ALICE)? == "dev-alice").then_some(())
     });
 
-    // Garbage: not HTTP, passed through to the app, which closes on it.
+    // Garbage: not HTTP, passed through to the app, which refuses it. The connection is
+    // closed (or answered 4xx) at once, not left hanging.
+    let sent = Instant::now();
     let mut garbage = TcpStream::connect(&w.base).unwrap();
-    garbage.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    garbage.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let bytes: Vec<u8> = (0..4096u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 | 0x80)
         .collect();
     garbage.write_all(&bytes).unwrap();
-    let mut sink = Vec::new();
-    let closed = garbage.read_to_end(&mut sink).is_ok() || sink.is_empty();
-    assert!(closed, "the garbage connection is closed");
+    let mut answer = Vec::new();
+    match garbage.read_to_end(&mut answer) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("the garbage connection was neither answered nor closed: {e}"),
+    }
+    let head = String::from_utf8_lossy(&answer[..answer.len().min(12)]).into_owned();
+    assert!(
+        answer.is_empty() || head.starts_with("HTTP/1.1 4"),
+        "garbage gets a 4xx or nothing: {head:?}"
+    );
+    eprintln!("garbage: closed after {:?} ({head:?})", sent.elapsed());
 
-    // Slowloris: ten clients trickle a request head, one byte at a time.
+    // Slowloris: ten clients trickle a request head, one byte at a time; each is closed
+    // once the header read timeout (10 s) passes, however it trickles.
+    let opened = Instant::now();
     let mut slow: Vec<TcpStream> = (0..10).map(|_| TcpStream::connect(&w.base).unwrap()).collect();
+    let closed_after: Vec<_> = slow
+        .iter()
+        .map(|s| {
+            let mut reader = s.try_clone().unwrap();
+            reader.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            std::thread::spawn(move || {
+                let mut sink = Vec::new();
+                let result = reader.read_to_end(&mut sink);
+                let closed = match result {
+                    Ok(_) => true,
+                    Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+                };
+                closed.then(|| opened.elapsed())
+            })
+        })
+        .collect();
     for s in &mut slow {
         s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nx-user: al").unwrap();
     }
@@ -396,96 +391,28 @@ async fn garbage_slowloris_and_huge_headers_do_not_hurt_other_clients() {
         assert_eq!(who(&w.url("/"), ALICE).as_deref(), Some("dev-alice"));
         assert_eq!(who(&w.url("/"), None).as_deref(), Some("app"));
     }
+    // Keep trickling until the sidecar closes them (or clearly failed to).
+    while !closed_after.iter().all(|t| t.is_finished()) && opened.elapsed() < Duration::from_secs(16) {
+        for s in &mut slow {
+            let _ = s.write_all(b"c");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let mut latest = Duration::ZERO;
+    for (i, t) in closed_after.into_iter().enumerate() {
+        let closed = t.join().unwrap();
+        let after = closed.unwrap_or_else(|| panic!("slowloris connection {i} was not closed"));
+        assert!(
+            after <= Duration::from_secs(12),
+            "slowloris connection {i} closed after {after:?}; header read timeout is 10 s"
+        );
+        latest = latest.max(after);
+    }
+    eprintln!("slowloris: all 10 connections closed within {latest:?}");
+    let (out, _, _) = curl(&[&w.url("/")]);
+    assert_eq!(served_by(&out), ["app"]);
     assert!(
         curl(&["-f", &format!("http://{}/healthz", w.admin)]).2,
         "sidecar still up"
     );
-}
-
-/// A client process sending GETs on fresh connections (every other one with alice's
-/// header) until its stdin closes; it prints `sent N` and one line per failure.
-const CHURN_CLIENT: &str = r#"
-import socket, sys, threading
-stop = threading.Event()
-threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
-host, port = sys.argv[1].rsplit(":", 1)
-n = 0
-while not stop.is_set():
-    header = "x-user: alice\r\n" if n % 2 else ""
-    try:
-        s = socket.create_connection((host, int(port)), timeout=3)
-        s.sendall(("GET / HTTP/1.1\r\nhost: pod\r\n%sconnection: close\r\n\r\n" % header).encode())
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-        s.close()
-        if not (data.startswith(b"HTTP/1.") and data[8:13] == b" 200 "):
-            print("failed: answer %r" % data[:80], flush=True)
-    except Exception as e:
-        print("failed: %s" % e, flush=True)
-    n += 1
-print("sent %d" % n, flush=True)
-"#;
-
-/// Routes coming and going under a stream of fresh connections lose nothing. Each
-/// activation used to switch the kernel's connection tracking on under live connections
-/// and lose about one request in three to five activations.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn routes_coming_and_going_under_load_lose_no_request() {
-    if !root_available("route churn") {
-        return;
-    }
-    // The app is a process of its own, as in a real pod (an in-process app shares the
-    // test's scheduler, which hides the timing this test is about).
-    let w = world(false).await;
-    let mut app = w.pod.command("python3");
-    app.args(["-m", "http.server", "--bind", "0.0.0.0", "8080"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    w.pod.spawn(app).unwrap();
-    eventually("app listening", Duration::from_secs(10), || {
-        w.pod
-            .run("ss", &["-Hltn", "sport = :8080"])
-            .ok()
-            .filter(|s| s.contains("8080"))
-    });
-    let alice = w.developer("dev-alice").await;
-    let mut client = std::process::Command::new("python3")
-        .args(["-c", CHURN_CLIENT, &w.base])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 runs the client");
-    const ACTIVATIONS: usize = 10;
-    let on = [route("alice", "steal", ALICE, &alice.addr.to_string())];
-    for _ in 0..ACTIVATIONS {
-        w.set_routes(&on);
-        eventually("redirecting", Duration::from_secs(5), || w.redirecting().then_some(()));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        w.set_routes(&[]);
-        eventually("emptied", Duration::from_secs(5), || (!w.redirecting()).then_some(()));
-        // Past the listener's linger and the old drain, so each activation starts from
-        // dormant (where the table used to be deleted).
-        tokio::time::sleep(Duration::from_millis(2200)).await;
-    }
-    drop(client.stdin.take());
-    let out = tokio::task::spawn_blocking(move || client.wait_with_output().unwrap())
-        .await
-        .unwrap();
-    let out = String::from_utf8_lossy(&out.stdout);
-    let failures: Vec<&str> = out.lines().filter(|l| l.starts_with("failed")).collect();
-    let sent: usize = out
-        .lines()
-        .find_map(|l| l.strip_prefix("sent "))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("the client did not finish: {out}"));
-    eprintln!(
-        "route churn: {sent} requests over {ACTIVATIONS} activations, {} failed",
-        failures.len()
-    );
-    assert!(sent > 1000, "the client sent only {sent} requests");
-    assert!(failures.is_empty(), "{} of {sent} failed: {failures:?}", failures.len());
 }

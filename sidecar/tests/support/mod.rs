@@ -2,6 +2,8 @@
 //! file, real clients (curl, h2load, Python), and polling with deadlines.
 #![allow(dead_code, clippy::unwrap_used, missing_docs)]
 
+pub mod world;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
