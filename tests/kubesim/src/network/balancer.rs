@@ -15,10 +15,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use tokio::task::JoinHandle;
+use tokio::time::Interval;
 
 use super::PodNetwork;
 use crate::api::Api;
+use crate::store::Event;
 
 /// (namespace, service, port).
 type Key = (String, String, u16);
@@ -42,16 +45,31 @@ pub async fn run(api: Arc<Api>, net: Arc<PodNetwork>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         sync(&api, &net, &mut proxies);
+        services_changed(&mut events, &mut tick).await;
+    }
+}
+
+/// Waits until the Services may have changed: a Service event, events missed by lagging
+/// behind, or the periodic resync. Events of other resources (pods, endpoints, ...) are
+/// skipped: backends are read at each connection, so only Services matter here.
+async fn services_changed(events: &mut broadcast::Receiver<Arc<Event>>, tick: &mut Interval) {
+    let is_service = |e: &Event| e.resource.0.is_empty() && e.resource.1 == "services";
+    loop {
         tokio::select! {
-            event = events.recv() => {
-                if matches!(&event, Ok(e) if e.resource.1 != "services") {
-                    continue;
+            event = events.recv() => match event {
+                Ok(e) if !is_service(&e) => continue,
+                Ok(_) | Err(RecvError::Lagged(_)) => break,
+                // The store is gone (shutting down): only the resync is left.
+                Err(RecvError::Closed) => {
+                    tick.tick().await;
+                    return;
                 }
-                while events.try_recv().is_ok() {}
-            }
-            _ = tick.tick() => {}
+            },
+            _ = tick.tick() => return,
         }
     }
+    // One sync covers whatever else is queued already.
+    while matches!(events.try_recv(), Ok(_) | Err(TryRecvError::Lagged(_))) {}
 }
 
 fn sync(api: &Arc<Api>, net: &Arc<PodNetwork>, proxies: &mut HashMap<Key, Proxy>) {
@@ -195,4 +213,56 @@ pub fn listen_port(port: u16) -> u16 {
 pub fn service_address(svc: &Value, port: u16) -> Option<SocketAddr> {
     let ip = svc["spec"]["clusterIP"].as_str()?.parse::<Ipv4Addr>().ok()?;
     Some(SocketAddr::from((ip, listen_port(port))))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::store::EventType;
+    use serde_json::json;
+
+    fn event(group: &str, plural: &str) -> Arc<Event> {
+        Arc::new(Event {
+            rv: 1,
+            resource: (group.into(), plural.into()),
+            namespace: "default".into(),
+            kind: EventType::Modified,
+            object: json!({}),
+            old: None,
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_service_events_or_the_resync_wake_the_sync() {
+        let (tx, mut events) = broadcast::channel(16);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await; // the first tick is immediate
+        let started = tokio::time::Instant::now();
+        for _ in 0..3 {
+            tx.send(event("", "pods")).unwrap();
+            tx.send(event("", "endpoints")).unwrap();
+            tx.send(event("example.com", "services")).unwrap();
+        }
+        let waited = tokio::time::timeout(Duration::from_millis(500), services_changed(&mut events, &mut tick)).await;
+        assert!(waited.is_err(), "woke up for events of other resources");
+
+        tx.send(event("", "pods")).unwrap();
+        tx.send(event("", "services")).unwrap();
+        tx.send(event("", "pods")).unwrap();
+        tx.send(event("", "services")).unwrap();
+        services_changed(&mut events, &mut tick).await;
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(500),
+            "a Service event wakes it at once"
+        );
+        assert!(
+            events.try_recv().is_err(),
+            "what was queued is covered by the same sync"
+        );
+
+        services_changed(&mut events, &mut tick).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(1), "the resync");
+    }
 }
