@@ -30,6 +30,8 @@ pub struct ResourceType {
     pub schema: Option<Value>,
     /// Printer columns of a custom resource.
     pub printer_columns: Vec<Value>,
+    /// Served for a CustomResourceDefinition.
+    pub custom: bool,
 }
 
 impl ResourceType {
@@ -87,6 +89,7 @@ fn builtin(
         create_only: false,
         schema: None,
         printer_columns: Vec::new(),
+        custom: false,
     }
 }
 
@@ -388,6 +391,7 @@ pub fn from_crd(crd: &Value) -> Option<(String, String, Vec<ResourceType>)> {
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default(),
+            custom: true,
         });
     }
     Some((group, plural, types))

@@ -1,5 +1,7 @@
 //! Label selectors (`a=b`, `a!=b`, `a in (x,y)`, `a notin (x)`, `a`, `!a`) and field
-//! selectors (`metadata.name=x`, `spec.nodeName!=y`, any dotted path), as in kube-apiserver.
+//! selectors (`metadata.name=x`, `spec.nodeName!=y`), as in kube-apiserver: a field
+//! selector may only name the fields kube-apiserver indexes for the type
+//! ([`supported_fields`]); any other is refused, not silently matched against nothing.
 
 use serde_json::Value;
 
@@ -134,8 +136,97 @@ impl LabelSelector {
 #[derive(Clone, Debug, Default)]
 pub struct FieldSelector(Vec<(String, bool, String)>);
 
+/// The fields kube-apiserver lets a field selector name for `group`/`plural` (its
+/// `GetAttrs`/`AddFieldLabelConversionFunc`s); `metadata.name` and `metadata.namespace`
+/// work for every type, custom resources included.
+pub fn supported_fields(group: &str, plural: &str) -> &'static [&'static str] {
+    match (group, plural) {
+        ("", "pods") => &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ],
+        ("", "events") | ("events.k8s.io", "events") => &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ],
+        ("", "secrets") => &["type"],
+        ("", "namespaces") => &["status.phase"],
+        ("", "nodes") => &["spec.unschedulable"],
+        ("apps", "replicasets") => &["status.replicas"],
+        _ => &[],
+    }
+}
+
+/// The value a field selector compares for `label` (a missing field reads as "", a
+/// missing boolean as "false", as kube-apiserver's typed fields do).
+fn field_value(obj: &Value, label: &str) -> String {
+    let path = match label {
+        "source" => "source.component",
+        other => other,
+    };
+    let mut v = obj;
+    for seg in path.split('.') {
+        v = v.get(seg).unwrap_or(&Value::Null);
+    }
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null if matches!(label, "spec.hostNetwork" | "spec.unschedulable") => "false".into(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// A field selector naming a field the type does not support.
+#[derive(Debug, thiserror::Error)]
+pub enum FieldError {
+    /// Not `field=value` / `field!=value`.
+    #[error(transparent)]
+    Syntax(#[from] SelectorError),
+    /// A built-in type's unsupported field, in kube-apiserver's words.
+    #[error("field label not supported: {0}")]
+    Unsupported(String),
+    /// A custom resource's unsupported field, in apiextensions-apiserver's words.
+    #[error("{0:?} is not a known field selector: only \"metadata.name\", \"metadata.namespace\"")]
+    UnsupportedCustom(String),
+}
+
 impl FieldSelector {
-    /// Parses `path=value,path!=value`.
+    /// Parses a selector for objects of `group`/`plural`, refusing fields the type does
+    /// not support; `custom` says it is a custom resource (only the error text differs).
+    pub fn parse_for(text: &str, group: &str, plural: &str, custom: bool) -> Result<FieldSelector, FieldError> {
+        let selector = FieldSelector::parse(text)?;
+        let extra = supported_fields(group, plural);
+        for (label, _, _) in &selector.0 {
+            let known = matches!(label.as_str(), "metadata.name" | "metadata.namespace")
+                || (!custom && extra.contains(&label.as_str()));
+            if !known {
+                return Err(if custom {
+                    FieldError::UnsupportedCustom(label.clone())
+                } else {
+                    FieldError::Unsupported(label.clone())
+                });
+            }
+        }
+        Ok(selector)
+    }
+
+    /// Parses `path=value,path!=value` (any path: for kubesim's own use; requests go
+    /// through [`FieldSelector::parse_for`]).
     pub fn parse(text: &str) -> Result<FieldSelector, SelectorError> {
         let mut reqs = Vec::new();
         for part in split_top(text) {
@@ -151,20 +242,11 @@ impl FieldSelector {
         Ok(FieldSelector(reqs))
     }
 
-    /// Whether `obj` satisfies every requirement (a missing field reads as "").
+    /// Whether `obj` satisfies every requirement.
     pub fn matches(&self, obj: &Value) -> bool {
-        self.0.iter().all(|(path, eq, want)| {
-            let mut v = obj;
-            for seg in path.split('.') {
-                v = v.get(seg).unwrap_or(&Value::Null);
-            }
-            let got = match v {
-                Value::String(s) => s.clone(),
-                Value::Null => String::new(),
-                other => other.to_string(),
-            };
-            (got == *want) == *eq
-        })
+        self.0
+            .iter()
+            .all(|(label, eq, want)| (field_value(obj, label) == *want) == *eq)
     }
 }
 
@@ -202,5 +284,26 @@ mod tests {
             .matches(&pod));
         assert!(!FieldSelector::parse("spec.nodeName!=n").unwrap().matches(&pod));
         assert!(FieldSelector::parse("spec.missing=").unwrap().matches(&pod));
+        assert!(FieldSelector::parse("spec.hostNetwork=false").unwrap().matches(&pod));
+        let event = json!({"source": {"component": "kubelet"}});
+        assert!(FieldSelector::parse("source=kubelet").unwrap().matches(&event));
+    }
+
+    #[test]
+    fn field_selectors_name_only_supported_fields() {
+        let pods = |text: &str| FieldSelector::parse_for(text, "", "pods", false).map_err(|e| e.to_string());
+        assert!(pods("metadata.name=a,metadata.namespace=b,spec.nodeName=n,status.phase!=Failed").is_ok());
+        assert_eq!(
+            pods("spec.containers=x").unwrap_err(),
+            "field label not supported: spec.containers"
+        );
+        let cms = FieldSelector::parse_for("status.phase=Running", "", "configmaps", false);
+        assert_eq!(cms.unwrap_err().to_string(), "field label not supported: status.phase");
+        let custom = FieldSelector::parse_for("spec.size=3", "example.com", "widgets", true);
+        assert_eq!(
+            custom.unwrap_err().to_string(),
+            r#""spec.size" is not a known field selector: only "metadata.name", "metadata.namespace""#
+        );
+        assert!(FieldSelector::parse_for("metadata.name=w", "example.com", "widgets", true).is_ok());
     }
 }

@@ -148,6 +148,28 @@ async fn crud_conflicts_and_selectors() {
     );
     let bad = status(cms.list(&select("app in web", "")).await);
     assert_eq!(bad.code, 400);
+    // Only the fields kube-apiserver indexes may be selected on, per type.
+    let unsupported = status(cms.list(&select("", "data.k=v1")).await);
+    assert_eq!(
+        (
+            unsupported.code,
+            unsupported.reason.as_str(),
+            unsupported.message.as_str()
+        ),
+        (400, "BadRequest", "field label not supported: data.k")
+    );
+    let pods: Api<Pod> = Api::namespaced(admin(&cluster).await, "default");
+    let on_node = ListParams::default().fields("spec.nodeName=kubesim-node,status.phase!=Failed");
+    assert!(pods.list(&on_node).await.unwrap().items.is_empty());
+    assert_eq!(status(cms.list(&select("", "status.phase=Running")).await).code, 400);
+    let watch = pods
+        .watch(&WatchParams::default().fields("spec.containers=x"), "0")
+        .await;
+    let refused = match watch {
+        Ok(_) => panic!("a watch with an unsupported field selector was accepted"),
+        Err(e) => status::<()>(Err(e)),
+    };
+    assert_eq!(refused.message, "field label not supported: spec.containers");
 
     cms.delete("web", &DeleteParams::default()).await.unwrap();
     let gone = status(cms.get("web").await);
@@ -421,6 +443,19 @@ async fn crd_then_custom_objects_with_status() {
     let err = status(widgets.create(&PostParams::default(), &invalid).await);
     assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"), "{}", err.message);
     assert_eq!(widgets.list(&ListParams::default()).await.unwrap().items.len(), 1);
+    let by_name = widgets
+        .list(&ListParams::default().fields("metadata.name=w"))
+        .await
+        .unwrap();
+    assert_eq!(by_name.items.len(), 1);
+    let by_spec = status(widgets.list(&ListParams::default().fields("spec.size=4")).await);
+    assert_eq!(
+        (by_spec.code, by_spec.message.as_str()),
+        (
+            400,
+            r#""spec.size" is not a known field selector: only "metadata.name", "metadata.namespace""#
+        )
+    );
 }
 
 #[tokio::test]

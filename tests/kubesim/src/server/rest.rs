@@ -31,11 +31,16 @@ pub async fn handle(
     }
 }
 
-fn selectors(params: &HashMap<String, String>) -> Result<(LabelSelector, FieldSelector), ApiError> {
+fn selectors(params: &HashMap<String, String>, rt: &ResourceType) -> Result<(LabelSelector, FieldSelector), ApiError> {
     let labels = LabelSelector::parse(params.get("labelSelector").map_or("", String::as_str))
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let fields = FieldSelector::parse(params.get("fieldSelector").map_or("", String::as_str))
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let fields = FieldSelector::parse_for(
+        params.get("fieldSelector").map_or("", String::as_str),
+        &rt.group,
+        &rt.plural,
+        rt.custom,
+    )
+    .map_err(|e| ApiError::bad_request(e.to_string()))?;
     Ok((labels, fields))
 }
 
@@ -123,7 +128,7 @@ async fn dispatch(
             ))
         }
         ("get" | "list", "") if super::table::available(&rt) && super::table::wanted(req.headers()) => {
-            let (labels, fields) = selectors(params)?;
+            let (labels, fields) = selectors(params, &rt)?;
             let list = if name.is_empty() {
                 api.list(&rt, non_empty(ns), &labels, &fields)
             } else {
@@ -137,14 +142,14 @@ async fn dispatch(
         }
         ("get", _) => Ok(json(StatusCode::OK, &api.get(&rt, ns, name)?)),
         ("list", _) => {
-            let (labels, fields) = selectors(params)?;
+            let (labels, fields) = selectors(params, &rt)?;
             Ok(json(
                 StatusCode::OK,
                 &api.list(&rt, (!ns.is_empty()).then_some(ns), &labels, &fields),
             ))
         }
         ("watch", _) => {
-            let (labels, fields) = selectors(params)?;
+            let (labels, fields) = selectors(params, &rt)?;
             let as_table = sub.is_empty() && super::table::available(&rt) && super::table::wanted(req.headers());
             let render = super::watch::Render {
                 rt: rt.clone(),
@@ -197,7 +202,7 @@ async fn dispatch(
             Ok(json(StatusCode::OK, &api.delete(user, &rt, ns, name, &opts).await?))
         }
         ("deletecollection", "") => {
-            let (labels, fields) = selectors(params)?;
+            let (labels, fields) = selectors(params, &rt)?;
             let opts = delete_options(params, &read_body(req).await?)?;
             Ok(json(
                 StatusCode::OK,
