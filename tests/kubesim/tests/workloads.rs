@@ -460,7 +460,7 @@ async fn env_volumes_init_containers_and_logs() {
                 {"name": "prepare", "image": "shell", "args": ["echo prepared > $WORK/state"], "env": [{"name": "WORK", "value": "/work"}], "volumeMounts": [{"name": "work", "mountPath": "/work"}]},
                 {"name": "sidecar", "image": "shell", "args": ["exec sleep 300"], "restartPolicy": "Always"},
             ],
-            "containers": [{"name": "main", "image": "shell", "args": ["cat $WORK/state; exec sleep 300"], "env": [{"name": "WORK", "value": "/work"}],
+            "containers": [{"name": "main", "image": "shell", "args": ["echo started; cat $WORK/state; exec sleep 300"], "env": [{"name": "WORK", "value": "/work"}],
                 "volumeMounts": [{"name": "work", "mountPath": "/work"}]}],
         },
     });
@@ -490,10 +490,15 @@ async fn env_volumes_init_containers_and_logs() {
         pods.logs("init", &LogParams::default())
             .await
             .ok()
-            .filter(|l| !l.is_empty())
+            .filter(|l| l.contains("prepared"))
     })
     .await;
-    assert_eq!(log.trim(), "prepared");
+    assert_eq!(log, "started\nprepared\n");
+    let last = LogParams {
+        tail_lines: Some(1),
+        ..LogParams::default()
+    };
+    assert_eq!(pods.logs("init", &last).await.unwrap(), "prepared\n");
 
     // StatefulSet pods are named by ordinal; a DaemonSet runs one pod on the node.
     let apps = |kind: &str| {

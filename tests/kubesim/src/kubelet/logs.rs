@@ -63,6 +63,24 @@ impl Logs {
     }
 }
 
+/// The last `n` lines of `text` (`tailLines`); a last line without a newline counts.
+pub fn tail_lines(text: &str, n: usize) -> &str {
+    if n == 0 {
+        return "";
+    }
+    let body = text.strip_suffix('\n').unwrap_or(text);
+    let mut seen = 0;
+    for (i, b) in body.bytes().enumerate().rev() {
+        if b == b'\n' {
+            seen += 1;
+            if seen == n {
+                return &text[i + 1..];
+            }
+        }
+    }
+    text
+}
+
 impl PodLogs for Logs {
     fn logs(&self, namespace: &str, name: &str, container: Option<&str>) -> Option<String> {
         let container = match container {
@@ -98,5 +116,13 @@ mod tests {
         assert!(text.ends_with("tail"));
         logs.remove_pod("ns", "p");
         assert!(logs.logs("ns", "p", Some("c")).is_none());
+    }
+
+    #[test]
+    fn tail_lines_counts_from_the_end() {
+        assert_eq!(tail_lines("a\nb\nc\n", 2), "b\nc\n");
+        assert_eq!(tail_lines("a\nb\nc", 2), "b\nc");
+        assert_eq!(tail_lines("a\nb\n", 5), "a\nb\n");
+        assert_eq!(tail_lines("a\nb\n", 0), "");
     }
 }

@@ -260,6 +260,16 @@ fn logs(api: &Api, ns: &str, name: &str, params: &HashMap<String, String>) -> Re
         .get()
         .and_then(|k| k.logs(ns, name, params.get("container").map(String::as_str)))
         .unwrap_or_default();
+    // `follow`, `previous`, `sinceSeconds` and `timestamps` are not emulated (README).
+    let text = match params.get("tailLines") {
+        Some(n) => {
+            let n = n
+                .parse::<usize>()
+                .map_err(|_| ApiError::bad_request(format!("tailLines must be a non-negative integer, not {n:?}")))?;
+            crate::kubelet::logs::tail_lines(&text, n).to_owned()
+        }
+        None => text,
+    };
     let mut resp = json(StatusCode::OK, &Value::Null);
     *resp.body_mut() = http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_err(
         http_body_util::Full::new(bytes::Bytes::from(text)),
