@@ -48,7 +48,7 @@ pub struct Config {
     pub nft: PathBuf,
     /// Log as JSON lines (`SHUNT_LOG_FORMAT=json`, default) or human text (`text`).
     pub log_json: bool,
-    /// Runtime worker threads (`SHUNT_WORKERS`).
+    /// Proxy threads connections are served on (`SHUNT_WORKERS`).
     pub workers: usize,
     /// The operator's hub as the route source (`SHUNT_OPERATOR_ADDR` and friends).
     pub hub: Option<HubSettings>,

@@ -21,6 +21,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use anyhow::Context as _;
+
 use tokio::sync::{mpsc, oneshot, watch};
 
 use config::{Config, RedirectMode};
@@ -55,7 +57,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             shutdown_rx.clone(),
             live_tx,
         )
-        .with_hub(link.clone()),
+        .with_hub(link.clone())
+        .with_workers(proxy::workers::Workers::start(config.workers).context("starting the proxy threads")?),
     );
 
     // Ready once the redirect is in place: in nftables mode after the first install

@@ -31,11 +31,8 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(config.log_json);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.workers)
-        .enable_all()
-        .build()
-    {
+    // The control plane runs here; connections run on the proxy threads (`proxy::workers`).
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("shunt-sidecar: cannot start the runtime: {error}");

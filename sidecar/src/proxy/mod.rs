@@ -5,13 +5,15 @@
 //! - [`route`]: per-request routing, mirroring and failing open;
 //! - [`client`]: pooled connections onwards that hand unsent requests back;
 //! - [`body`]: boxed bodies and the mirror tee;
-//! - [`tcp`]: plain byte pass-through and the original destination of redirected sockets.
+//! - [`tcp`]: plain byte pass-through and the original destination of redirected sockets;
+//! - [`workers`]: the proxy threads connections are served on.
 
 pub mod body;
 pub mod client;
 pub mod route;
 pub mod sniff;
 pub mod tcp;
+pub mod workers;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -50,6 +52,8 @@ pub struct Shared {
     live: mpsc::Sender<()>,
     /// The operator connection that requests of `hub` routes travel on.
     pub hub: crate::hub::HubLink,
+    /// The proxy threads; without them connections run on the accepting runtime.
+    workers: Option<workers::Workers>,
 }
 
 impl Shared {
@@ -74,7 +78,14 @@ impl Shared {
             shutdown,
             live,
             hub: crate::hub::HubLink::default(),
+            workers: None,
         }
+    }
+
+    /// Serves connections on `workers` instead of the runtime that accepted them.
+    pub fn with_workers(mut self, workers: workers::Workers) -> Shared {
+        self.workers = Some(workers);
+        self
     }
 
     /// Sends requests of `hub` routes over `hub`.
@@ -122,11 +133,31 @@ pub async fn accept_loop(
             _ = stop.changed() => return,
             _ = shutdown.changed() => return,
         };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let _live = shared.live.clone();
-            let span = tracing::debug_span!("conn", client.addr = %peer);
-            let _ = tracing::Instrument::instrument(serve(shared.clone(), stream, peer, ports), span).await;
+        let live = shared.live.clone();
+        let span = tracing::debug_span!("conn", client.addr = %peer);
+        let Some(workers) = &shared.workers else {
+            let conn = serve(shared.clone(), stream, peer, ports);
+            tokio::spawn(async move {
+                let _live = live;
+                tracing::Instrument::instrument(conn, span).await;
+            });
+            continue;
+        };
+        // The socket moves to the worker's reactor: off this one here, onto that one there.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "cannot hand the connection to a proxy thread; closed");
+                continue;
+            }
+        };
+        let conn_shared = shared.clone();
+        workers.spawn(async move {
+            let _live = live;
+            match TcpStream::from_std(stream) {
+                Ok(stream) => tracing::Instrument::instrument(serve(conn_shared, stream, peer, ports), span).await,
+                Err(error) => tracing::warn!(%error, "proxy thread cannot take the connection; closed"),
+            }
         });
     }
 }
