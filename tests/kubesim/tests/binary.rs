@@ -8,6 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{eventually, Kubectl, Scratch, DEADLINE};
@@ -15,10 +16,12 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
-/// The pod's command: `sleep` with an argument no other process has, so the test finds
-/// exactly its pod's process in /proc.
+/// The pod's command: `sleep` with an argument no other process has (tests of one
+/// process run in parallel under `cargo test`), so a test finds exactly its pod's process
+/// in /proc.
 fn marker() -> String {
-    format!("86400.{}", std::process::id())
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("86400.{}0{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 /// The pids of processes whose argv is `sleep <marker>` (through PATH or not).
