@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::thread::{self, ThreadId};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -41,7 +42,10 @@ pub enum SendError {
     Sent(hyper::Error),
 }
 
-type H1Pool = HashMap<String, Vec<http1::SendRequest<OutBody>>>;
+/// Idle HTTP/1.1 connections per destination, each with the thread that drives it: a
+/// connection is only reused on its own thread (`proxy::workers`), because using one from
+/// another thread makes every request wake that thread (an eventfd write each way).
+type H1Pool = HashMap<String, Vec<(ThreadId, http1::SendRequest<OutBody>)>>;
 
 /// Upstream HTTP/1.1 connections kept by one client connection.
 const STICKY_SLOTS: usize = 4;
@@ -197,9 +201,10 @@ impl Clients {
     fn idle_h1(&self, dest: &str) -> Option<http1::SendRequest<OutBody>> {
         let mut pool = self.h1.lock().unwrap_or_else(|p| p.into_inner());
         let idle = pool.get_mut(dest)?;
-        idle.retain(|s| !s.is_closed());
-        let ready = idle.iter().position(|s| s.is_ready())?;
-        Some(idle.swap_remove(ready))
+        idle.retain(|(_, s)| !s.is_closed());
+        let here = thread::current().id();
+        let ready = idle.iter().position(|(t, s)| *t == here && s.is_ready())?;
+        Some(idle.swap_remove(ready).1)
     }
 
     /// Keeps the connection for later; it is picked again once its response is read.
@@ -210,7 +215,7 @@ impl Clients {
         let mut pool = self.h1.lock().unwrap_or_else(|p| p.into_inner());
         let idle = pool.entry(dest.to_owned()).or_default();
         if idle.len() < MAX_IDLE_PER_DEST {
-            idle.push(sender);
+            idle.push((thread::current().id(), sender));
         }
     }
 
