@@ -248,22 +248,26 @@ async fn two_replicas_rotating_at_the_same_moment_agree_and_a_reset_ca_bundle_re
     let original = test.secret().await.unwrap();
 
     // Upgraded replicas renew 366 days before expiry: the year-long certificate is due now,
-    // for both at once. Their reads of the Secret are held, so both decide on the same
-    // version and both write: one update must meet 409 Conflict and re-read.
+    // for both at once. Their first reads of the Secret are handed out together, so both
+    // decide on the same version and both write: one update must meet 409 Conflict and
+    // re-read.
     let recorder = Recorder::default();
     let secret_path = format!("/api/v1/namespaces/{NS}/secrets/{SECRET}");
-    recorder.hold_reads(&secret_path, Duration::from_millis(200));
     let settings = self_settings(&[
         "--cert-validity",
         "400d",
         "--renew-before",
         "366d",
+        // Times are whole seconds: 3s is at least 2s, however a reconcile straddles them.
         "--rotation-overlap",
-        "1s",
+        "3s",
     ]);
     let a = replica(test.recorded_client(&recorder).await, &settings);
     let b = replica(test.recorded_client(&recorder).await, &settings);
-    let both = || futures_util::future::join(a.0.reconcile(), b.0.reconcile());
+    let both = || {
+        recorder.gather_reads(&secret_path, 2);
+        futures_util::future::join(a.0.reconcile(), b.0.reconcile())
+    };
 
     let (ra, rb) = both().await;
     ra.unwrap();
@@ -292,7 +296,7 @@ async fn two_replicas_rotating_at_the_same_moment_agree_and_a_reset_ca_bundle_re
 
     // Past the overlap, `helm upgrade` resets the caBundle. Putting it back must start the
     // overlap again instead of promoting at once (API servers lacked the new CA meanwhile).
-    until_unix(published_at + 2).await;
+    until_unix(published_at + 4).await;
     let mut config = test.configs().get(CONFIG).await.unwrap();
     config.webhooks.as_mut().unwrap()[0].client_config.ca_bundle = None;
     test.configs()
@@ -317,7 +321,7 @@ async fn two_replicas_rotating_at_the_same_moment_agree_and_a_reset_ca_bundle_re
 
     // An overlap later both promote at the same moment: again one update wins, the other
     // re-reads, and both serve the staged certificate.
-    until_unix(republished_at + 1).await;
+    until_unix(republished_at + 3).await;
     let before = recorder.count(&Method::PUT, &secret_path, Some(StatusCode::CONFLICT));
     let (ra, rb) = both().await;
     ra.unwrap();

@@ -173,12 +173,31 @@ pub type Seen = (Method, String, StatusCode);
 pub struct Recorder {
     seen: Arc<Mutex<Vec<Seen>>>,
     hold_reads: Arc<Mutex<Option<(String, Duration)>>>,
+    gather: Arc<Mutex<Option<Gather>>>,
+}
+
+/// The next `left` reads of `path` are handed out together, when all have been answered.
+struct Gather {
+    path: String,
+    left: usize,
+    barrier: Arc<tokio::sync::Barrier>,
 }
 
 impl Recorder {
     /// Delays the response of every GET of `path` by `delay`.
     pub fn hold_reads(&self, path: &str, delay: Duration) {
         *self.hold_reads.lock().unwrap() = Some((path.to_owned(), delay));
+    }
+
+    /// Hands the responses to the next `n` GETs of `path` to their callers only once all
+    /// `n` have been answered (at most 10 s), so that `n` concurrent callers surely act on
+    /// the same version; later GETs pass.
+    pub fn gather_reads(&self, path: &str, n: usize) {
+        *self.gather.lock().unwrap() = Some(Gather {
+            path: path.to_owned(),
+            left: n,
+            barrier: Arc::new(tokio::sync::Barrier::new(n)),
+        });
     }
 
     /// How many requests `method path…` got `status` (any status if `None`).
@@ -234,6 +253,13 @@ where
             .clone()
             .filter(|(p, _)| method == Method::GET && *p == path)
             .map(|(_, delay)| delay);
+        let barrier = match self.recorder.gather.lock().unwrap().as_mut() {
+            Some(gather) if gather.left > 0 && method == Method::GET && gather.path == path => {
+                gather.left -= 1;
+                Some(gather.barrier.clone())
+            }
+            _ => None,
+        };
         let seen = self.recorder.seen.clone();
         let response = self.inner.call(request);
         Box::pin(async move {
@@ -241,6 +267,9 @@ where
             seen.lock().unwrap().push((method, path, response.status()));
             if let Some(delay) = hold {
                 tokio::time::sleep(delay).await;
+            }
+            if let Some(barrier) = barrier {
+                let _ = tokio::time::timeout(Duration::from_secs(10), barrier.wait()).await;
             }
             Ok(response)
         })
