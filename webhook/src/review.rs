@@ -8,9 +8,9 @@
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 
-use crate::inject::{mutate, Decision, InjectConfig, MutateError, SkipReason};
+use crate::inject::{mutate_json, Decision, InjectConfig, MutateError, SkipReason};
 use crate::metrics::Outcome;
 use crate::patch::Op;
 
@@ -83,8 +83,22 @@ struct RequestIn {
     operation: String,
     #[serde(default)]
     sub_resource: Option<String>,
+    /// The pod as JSON text: read by the injection rules without a tree of the whole pod.
     #[serde(default)]
-    object: Option<Value>,
+    object: Option<Box<RawValue>>,
+}
+
+/// Just where a pod names its namespace.
+#[derive(Deserialize)]
+struct NamespaceOf {
+    #[serde(default)]
+    metadata: Option<NamespaceIn>,
+}
+
+#[derive(Deserialize)]
+struct NamespaceIn {
+    #[serde(default)]
+    namespace: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -116,7 +130,7 @@ struct ResponseOut<'a> {
     warnings: Vec<String>,
 }
 
-/// Answers one AdmissionReview body; `own_ca_bundle` as for [`mutate`].
+/// Answers one AdmissionReview body; `own_ca_bundle` as for [`crate::inject::mutate`].
 pub fn answer(body: &[u8], config: &InjectConfig, own_ca_bundle: Option<&str>) -> Result<Answer, BadReview> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(BadReview::Empty);
@@ -147,14 +161,22 @@ pub fn answer(body: &[u8], config: &InjectConfig, own_ca_bundle: Option<&str>) -
     if request.operation != "CREATE" || request.sub_resource.as_deref().is_some_and(|s| !s.is_empty()) {
         return Ok(respond(request.uid, Outcome::ignored, None, Vec::new(), None, None));
     }
-    let pod = request.object.as_ref().ok_or(BadReview::NoObject)?;
-    let namespace = request
-        .namespace
+    let pod = request
+        .object
         .as_deref()
-        .filter(|n| !n.is_empty())
-        .or_else(|| pod.pointer("/metadata/namespace").and_then(Value::as_str))
-        .unwrap_or("default");
-    Ok(match mutate(pod, namespace, config, own_ca_bundle) {
+        .map(RawValue::get)
+        .filter(|json| *json != "null")
+        .ok_or(BadReview::NoObject)?;
+    let from_pod = || {
+        serde_json::from_str::<NamespaceOf>(pod)
+            .ok()
+            .and_then(|p| p.metadata?.namespace)
+    };
+    let namespace = match request.namespace.filter(|n| !n.is_empty()).or_else(from_pod) {
+        Some(namespace) if !namespace.is_empty() => namespace,
+        _ => "default".to_owned(),
+    };
+    Ok(match mutate_json(pod, &namespace, config, own_ca_bundle) {
         Ok(Decision::Inject {
             patch,
             warnings,

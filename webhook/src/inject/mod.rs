@@ -202,6 +202,18 @@ pub fn mutate(
     config: &InjectConfig,
     own_ca_bundle: Option<&str>,
 ) -> Result<Decision, MutateError> {
+    let text = serde_json::to_string(pod).map_err(MutateError::NotAPod)?;
+    mutate_json(&text, namespace, config, own_ca_bundle)
+}
+
+/// [`mutate`] of the pod's JSON text as it came in the review (read without building a
+/// tree of the whole pod).
+pub fn mutate_json(
+    pod: &str,
+    namespace: &str,
+    config: &InjectConfig,
+    own_ca_bundle: Option<&str>,
+) -> Result<Decision, MutateError> {
     let skip = |reason, detail: String| Ok(Decision::Skip { reason, detail });
     if config.excluded_namespaces.iter().any(|n| n == namespace) {
         return skip(
@@ -209,7 +221,7 @@ pub fn mutate(
             format!("namespace {namespace} is never injected"),
         );
     }
-    let parsed = Pod::deserialize(pod).map_err(MutateError::NotAPod)?;
+    let parsed: Pod = serde_json::from_str(pod).map_err(MutateError::NotAPod)?;
     let no_annotations = std::collections::BTreeMap::new();
     let annotations = parsed.metadata.annotations.as_ref().unwrap_or(&no_annotations);
     if let Some(value) = annotations.get(ANNOTATION_INJECT) {
@@ -248,7 +260,7 @@ pub fn mutate(
     };
 
     let ports_annotation = annotations.get(shunt_proto::names::ANNOTATION_PORTS).cloned();
-    let mut builder = PatchBuilder::new(skeleton::skeleton(pod));
+    let mut builder = PatchBuilder::new(skeleton::skeleton(&parsed).map_err(MutateError::Serialize)?);
     let mut warnings = Vec::new();
     let mut replaced = None;
     let mut pod = parsed;
