@@ -7,7 +7,9 @@
 //! on until the system has recovered (or `--window` seconds), then the run counts:
 //!
 //! - sent, answered by pods, answered by developers, failed;
-//! - failed among requests no session matches (must be 0);
+//! - failed among requests no session matches (must be 0), not counting a request that
+//!   was in flight on a process the fault killed (its connection dies with the process;
+//!   it is counted as failed and named in the note);
 //! - misrouted: a request answered by a developer it was not meant for (must be 0);
 //! - recovery: from the fault to the last request that was not answered as it should be
 //!   once everything is back (a session request served by a pod while the session is
@@ -294,12 +296,16 @@ async fn one(shunt: &Path, options: &Options, fault: Fault) -> Result<Row> {
     let mut expect: Expect = sessions_up;
     let mut keep = Vec::new();
     let mut alice = Some(alice);
+    // When a process on the request path was killed: a request sent before that moment
+    // may have been in flight on it, and its connection died with the process.
+    let mut killed_at = None;
     match fault {
         Fault::SidecarKill => {
             let pod = stack.pods().await?.into_iter().next().context("no pod")?;
             let pid = init_container_pid(&pod, shunt_proto::names::SIDECAR_CONTAINER)
                 .context("the sidecar of the first pod is not running")?;
             kill(pid)?;
+            killed_at = Some(Instant::now());
             note = format!("pod {}", pod["metadata"]["name"].as_str().unwrap_or("?"));
         }
         Fault::OperatorKill => stack.kill_operator().await?,
@@ -412,7 +418,7 @@ async fn one(shunt: &Path, options: &Options, fault: Fault) -> Result<Row> {
     drop(bob);
     drop(alice);
     let log = log.lock().map(|l| l.clone()).unwrap_or_default();
-    Ok(count(fault, &log, injected, recovery, note))
+    Ok(count(fault, &log, injected, killed_at, recovery, note))
 }
 
 /// The time of the last request after `from` that was not answered as `expect` says.
@@ -437,11 +443,27 @@ fn last_abnormal(log: &Mutex<Vec<Sent>>, from: Instant, expect: Expect, fault: F
         .next()
 }
 
-fn count(fault: Fault, log: &[Sent], injected: Instant, recovery: Option<Duration>, note: String) -> Row {
+/// Counts one fault run. A failed request sent before `killed_at` was in flight on the
+/// killed process (the stream is sequential, so there is at most one): it is counted as
+/// failed, but not against the check, which is about what shunt does once a fault has
+/// happened; the note says so.
+fn count(
+    fault: Fault,
+    log: &[Sent],
+    injected: Instant,
+    killed_at: Option<Instant>,
+    recovery: Option<Duration>,
+    note: String,
+) -> Row {
     let is_pod = |who: &str| who.starts_with("api-");
     let by_pods = log.iter().filter(|s| s.answer.as_deref().is_ok_and(is_pod)).count();
     let failed = log.iter().filter(|s| s.answer.is_err()).count();
-    let failed_unmatched = log.iter().filter(|s| s.user.is_none() && s.answer.is_err()).count();
+    let in_flight = |s: &Sent| s.answer.is_err() && killed_at.is_some_and(|k| s.at < k);
+    let died_with_it = log.iter().filter(|s| in_flight(s)).count();
+    let failed_unmatched = log
+        .iter()
+        .filter(|s| s.user.is_none() && s.answer.is_err() && !in_flight(s))
+        .count();
     let misrouted = log
         .iter()
         .filter(|s| match (&s.answer, s.user) {
@@ -451,6 +473,10 @@ fn count(fault: Fault, log: &[Sent], injected: Instant, recovery: Option<Duratio
         })
         .count();
     let mut note = note;
+    if died_with_it > 0 {
+        let sep = if note.is_empty() { "" } else { "; " };
+        note = format!("{note}{sep}{died_with_it} request in flight on the killed process failed with it");
+    }
     if let Some(failed) = log.iter().find(|s| s.answer.is_err()) {
         let user = failed.user.unwrap_or("no header");
         let at = failed.at.saturating_duration_since(injected).as_secs_f64();
