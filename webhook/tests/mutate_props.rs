@@ -214,3 +214,24 @@ fn mutate_is_total_its_patch_applies_and_a_second_pass_is_a_no_op() {
     let injected = injected.into_inner();
     assert!(injected >= 200, "only {injected} of 1000 generated pods were injected");
 }
+
+/// Found by fuzzing: the typed pod has an empty `metadata` whether the pod has one or
+/// not, and the patch must create it when it is missing (`spec.containers` likewise).
+#[test]
+fn a_pod_without_metadata_gets_a_patch_that_applies() {
+    let config = support::config();
+    let pods = [
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "spec": {"containers": [{"name": "app", "ports": [{"containerPort": 8080}]}]}}),
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "annotations": {"shunt.dev/ports": "8080"}},
+               "spec": {}}),
+    ];
+    for pod in pods {
+        let decision = mutate(&pod, "team", &config, None).unwrap();
+        let Decision::Inject { patch, .. } = decision else {
+            panic!("{pod} should be injected, got {decision:?}");
+        };
+        let mutated = apply(&pod, &patch).unwrap_or_else(|e| panic!("{pod}: {e}"));
+        assert_eq!(mutated["metadata"]["labels"]["shunt.dev/injected"], "true", "{mutated}");
+    }
+}

@@ -260,7 +260,7 @@ pub fn mutate_json(
     };
 
     let ports_annotation = annotations.get(shunt_proto::names::ANNOTATION_PORTS).cloned();
-    let mut builder = PatchBuilder::new(skeleton::skeleton(&parsed).map_err(MutateError::Serialize)?);
+    let mut builder = PatchBuilder::new(skeleton::skeleton(&parsed, pod).map_err(MutateError::Serialize)?);
     let mut warnings = Vec::new();
     let mut replaced = None;
     let mut pod = parsed;

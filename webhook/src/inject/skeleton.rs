@@ -1,7 +1,9 @@
 //! The patch builder's working copy of a pod: only what the injection rules touch.
 
 use k8s_openapi::api::core::v1::{Container, Pod};
-use serde::Serialize;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// The parts of `pod` the rules read or change, for the patch builder's working copy:
@@ -14,20 +16,31 @@ use serde_json::{Map, Value};
 /// whole pod: building, copying and dropping that tree was half the time of a review. A
 /// member that is `null` in the pod is absent here; operations that create it (`add`)
 /// apply to a `null` member just the same.
-pub(super) fn skeleton(pod: &Pod) -> serde_json::Result<Value> {
-    let mut metadata = Map::new();
-    insert(&mut metadata, "labels", &pod.metadata.labels)?;
-    insert(&mut metadata, "annotations", &pod.metadata.annotations)?;
+///
+/// The typed pod cannot tell an absent `metadata` or `spec.containers` from an empty one,
+/// and an operation under a parent the pod lacks would not apply; only when the typed
+/// pod has them empty is `text` (the pod's JSON) scanned for whether they are there.
+pub(super) fn skeleton(pod: &Pod, text: &str) -> serde_json::Result<Value> {
+    let presence = std::cell::OnceCell::new();
+    let present = || presence.get_or_init(|| serde_json::from_str::<Presence>(text).unwrap_or_default());
     let mut out = Map::new();
-    out.insert("metadata".into(), Value::Object(metadata));
+    if pod.metadata != ObjectMeta::default() || present().metadata.is_some() {
+        let mut metadata = Map::new();
+        insert(&mut metadata, "labels", &pod.metadata.labels)?;
+        insert(&mut metadata, "annotations", &pod.metadata.annotations)?;
+        out.insert("metadata".into(), Value::Object(metadata));
+    }
     if let Some(spec) = &pod.spec {
         let mut skeleton = Map::new();
-        let containers = spec
-            .containers
-            .iter()
-            .map(container)
-            .collect::<serde_json::Result<_>>()?;
-        skeleton.insert("containers".into(), Value::Array(containers));
+        let has_containers = || present().spec.as_ref().is_some_and(|s| s.containers.is_some());
+        if !spec.containers.is_empty() || has_containers() {
+            let containers = spec
+                .containers
+                .iter()
+                .map(container)
+                .collect::<serde_json::Result<_>>()?;
+            skeleton.insert("containers".into(), Value::Array(containers));
+        }
         if let Some(init) = &spec.init_containers {
             skeleton.insert("initContainers".into(), names(init.iter().map(|c| &c.name)));
         }
@@ -37,6 +50,22 @@ pub(super) fn skeleton(pod: &Pod) -> serde_json::Result<Value> {
         out.insert("spec".into(), Value::Object(skeleton));
     }
     Ok(Value::Object(out))
+}
+
+/// Which of the members the typed pod may make up are really in the text (`null` counts
+/// as absent: an `add` replaces it just the same).
+#[derive(Default, Deserialize)]
+struct Presence {
+    #[serde(default)]
+    metadata: Option<IgnoredAny>,
+    #[serde(default)]
+    spec: Option<SpecPresence>,
+}
+
+#[derive(Default, Deserialize)]
+struct SpecPresence {
+    #[serde(default)]
+    containers: Option<IgnoredAny>,
 }
 
 fn container(c: &Container) -> serde_json::Result<Value> {
@@ -85,7 +114,7 @@ mod tests {
         }))
         .expect("a pod");
         assert_eq!(
-            super::skeleton(&pod).expect("serialises"),
+            super::skeleton(&pod, "{}").expect("serialises"),
             json!({
                 "metadata": {"labels": {"app": "x"}},
                 "spec": {
@@ -99,7 +128,23 @@ mod tests {
                 }
             })
         );
-        let bare: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({})).expect("a pod");
-        assert_eq!(super::skeleton(&bare).expect("serialises"), json!({"metadata": {}}));
+        // What the typed pod makes up is taken only if the text has it (found by the
+        // fuzzer: a pod without `metadata` got an `add /metadata/labels`).
+        for (text, want) in [
+            (r#"{}"#, json!({})),
+            (r#"{"metadata": {}}"#, json!({"metadata": {}})),
+            (
+                r#"{"metadatauid": {"labels": {"a": "b"}}, "spec": {}}"#,
+                json!({"spec": {}}),
+            ),
+            (r#"{"spec": {"containers": []}}"#, json!({"spec": {"containers": []}})),
+            (
+                r#"{"metadata": null, "spec": {"containers": null}}"#,
+                json!({"spec": {}}),
+            ),
+        ] {
+            let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_str(text).expect("a pod");
+            assert_eq!(super::skeleton(&pod, text).expect("serialises"), want, "{text}");
+        }
     }
 }
